@@ -1,0 +1,1 @@
+"""Where the store's data lives: only this package touches Trackio."""
