@@ -25,6 +25,7 @@ from mlflow.protos.databricks_pb2 import (
     RESOURCE_DOES_NOT_EXIST,
 )
 from mlflow.store.entities.paged_list import PagedList
+from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_MODELS
 from mlflow.utils.name_utils import _generate_random_name
 from mlflow.utils.search_utils import SearchLoggedModelsUtils
@@ -237,7 +238,9 @@ class LoggedModelsMixin:
             models, filter_string, datasets
         )
         ordered = SearchLoggedModelsUtils.sort(filtered, order_by)
-        page, token = SearchLoggedModelsUtils.paginate(ordered, page_token, max_results)
+        page, token = SearchLoggedModelsUtils.paginate(
+            ordered, page_token, max_results or SEARCH_MAX_RESULTS_DEFAULT
+        )
         return PagedList(page, token)
 
     def record_logged_model(self, run_id: str, mlflow_model: Any) -> None:

@@ -469,6 +469,9 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
             ]
         filtered = SearchUtils.filter(runs, filter_string)
         ordered = SearchUtils.sort(filtered, order_by)
+        if max_results is None:
+            start = SearchUtils.parse_start_offset_from_page_token(page_token)
+            return ordered[start:], None
         return SearchUtils.paginate(ordered, page_token, max_results)
 
     @override
