@@ -66,7 +66,9 @@ REQUIRED_METHODS = [
 
 def _make_run(store: TrackioStore, experiment: str = "exp", **kwargs):
     found = store.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else store.create_experiment(experiment)
+    experiment_id = (
+        found.experiment_id if found else store.create_experiment(experiment)
+    )
     return store.create_run(
         experiment_id, "tester", kwargs.pop("start_time", 1000), [], None
     )
@@ -228,7 +230,11 @@ class TestRuns:
         info = store.update_run_info(
             run.info.run_id, RunStatus.FINISHED, 5000, "renamed"
         )
-        assert (info.status, info.end_time, info.run_name) == ("FINISHED", 5000, "renamed")
+        assert (info.status, info.end_time, info.run_name) == (
+            "FINISHED",
+            5000,
+            "renamed",
+        )
         assert store.get_run(run.info.run_id).data.tags["mlflow.runName"] == "renamed"
         reader = TrackioReader(trackio_dir)
         assert [r["name"] for r in reader.run_records("exp")] == ["renamed"]
@@ -316,7 +322,9 @@ class TestMetrics:
     def test_latest_metric_rule(self, store: TrackioStore) -> None:
         """The summary keeps the point with the greatest (step, timestamp, value)."""
         run_id = _make_run(store).info.run_id
-        store.log_batch(run_id, [Metric("m", 5.0, 10, 3), Metric("m", 9.0, 20, 1)], [], [])
+        store.log_batch(
+            run_id, [Metric("m", 5.0, 10, 3), Metric("m", 9.0, 20, 1)], [], []
+        )
         assert store.get_run(run_id).data.metrics["m"] == 5.0
 
     def test_nan_and_infinite_values(self, store: TrackioStore) -> None:
@@ -374,20 +382,38 @@ class TestSearchRuns:
                 [RunTag("even", str(i % 2 == 0))],
             )
         runs, _ = store._search_runs(
-            [experiment_id], "metrics.loss < 0.3", ViewType.ACTIVE_ONLY, 10,
-            ["metrics.loss ASC"], None,
+            [experiment_id],
+            "metrics.loss < 0.3",
+            ViewType.ACTIVE_ONLY,
+            10,
+            ["metrics.loss ASC"],
+            None,
         )
         assert [r.info.run_name for r in runs] == ["r4", "r3"]
         runs, _ = store._search_runs(
-            [experiment_id], "params.i = '2' and tags.even = 'True'",
-            ViewType.ACTIVE_ONLY, 10, None, None,
+            [experiment_id],
+            "params.i = '2' and tags.even = 'True'",
+            ViewType.ACTIVE_ONLY,
+            10,
+            None,
+            None,
         )
         assert [r.info.run_name for r in runs] == ["r2"]
         first, token = store._search_runs(
-            [experiment_id], "", ViewType.ACTIVE_ONLY, 3, ["attributes.start_time"], None
+            [experiment_id],
+            "",
+            ViewType.ACTIVE_ONLY,
+            3,
+            ["attributes.start_time"],
+            None,
         )
         rest, end = store._search_runs(
-            [experiment_id], "", ViewType.ACTIVE_ONLY, 3, ["attributes.start_time"], token
+            [experiment_id],
+            "",
+            ViewType.ACTIVE_ONLY,
+            3,
+            ["attributes.start_time"],
+            token,
         )
         assert [r.info.run_name for r in first + rest] == [f"r{i}" for i in range(5)]
         assert end is None
@@ -397,8 +423,12 @@ class TestSearchRuns:
         run_id = _make_run(store).info.run_id
         experiment_id = store.get_experiment_by_name("exp").experiment_id
         store.delete_run(run_id)
-        active, _ = store._search_runs([experiment_id], "", ViewType.ACTIVE_ONLY, 10, None, None)
-        deleted, _ = store._search_runs([experiment_id], "", ViewType.DELETED_ONLY, 10, None, None)
+        active, _ = store._search_runs(
+            [experiment_id], "", ViewType.ACTIVE_ONLY, 10, None, None
+        )
+        deleted, _ = store._search_runs(
+            [experiment_id], "", ViewType.DELETED_ONLY, 10, None, None
+        )
         assert (len(active), [r.info.run_id for r in deleted]) == (0, [run_id])
 
 
@@ -417,7 +447,9 @@ class TestTrackioInterop:
         assert reader.run_configs("interop")[params_only.info.run_id]["a"] == "1"
         values = reader.metric_values("interop", with_metrics.info.run_id, "loss")
         assert [(v["step"], v["value"]) for v in values] == [
-            (0, 1.0), (1, 0.5), (2, 1.0 / 3)
+            (0, 1.0),
+            (1, 0.5),
+            (2, 1.0 / 3),
         ]
 
     def test_mlflow_reads_what_trackio_wrote(self, client, trackio_dir) -> None:
@@ -454,7 +486,9 @@ class TestLoggedModels:
         assert model.artifact_location.startswith("file://")
         store.set_logged_model_tags(model.model_id, [_model_tag("t", "1")])
         store.log_logged_model_params(model.model_id, [_model_param("p", "2")])
-        store.log_batch(run_id, [Metric("m", 1.0, 1, 0, model_id=model.model_id)], [], [])
+        store.log_batch(
+            run_id, [Metric("m", 1.0, 1, 0, model_id=model.model_id)], [], []
+        )
         store.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
         fetched = store.get_logged_model(model.model_id)
         assert fetched.status == LoggedModelStatus.READY

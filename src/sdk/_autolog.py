@@ -199,7 +199,10 @@ def autolog(
 
 def is_autolog_enabled() -> bool:
     """
-    Return whether `autolog` has turned autologging through `sdk` on.
+    Report whether autologging through `sdk` is on.
+
+    Returns:
+        True between an enabling and a disabling `autolog` call, else False.
 
     .. versionadded:: 0.1.0
     """
@@ -294,7 +297,7 @@ def _switch_on(project: str | None, arguments: dict[str, Any]) -> None:
     import mlflow
 
     uri = _config.tracking_uri()
-    _register_store()
+    register_store()
     _install_filter()
     if mlflow.get_tracking_uri() != uri:
         _forget_experiment_id()
@@ -307,7 +310,7 @@ def _switch_on(project: str | None, arguments: dict[str, Any]) -> None:
     mlflow.autolog(**arguments)
 
 
-def _register_store() -> None:
+def register_store() -> None:
     from mlflow.tracking._tracking_service import utils
 
     registry = utils._tracking_store_registry
@@ -371,8 +374,7 @@ def _reapply(name: str, config: dict[str, Any]) -> None:
         function(**{key: value for key, value in config.items() if key in accepted})
     except Exception as error:
         _logger.warning(
-            "sdk.autolog(disable=True) could not restore the %s autolog "
-            "settings: %s",
+            "sdk.autolog(disable=True) could not restore the %s autolog settings: %s",
             name,
             error,
         )

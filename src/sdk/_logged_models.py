@@ -103,7 +103,9 @@ class LoggedModelsMixin:
         self.backend.save_logged_model(project, model)
         return model
 
-    def get_logged_model(self, model_id: str, allow_deleted: bool = False) -> LoggedModel:
+    def get_logged_model(
+        self, model_id: str, allow_deleted: bool = False
+    ) -> LoggedModel:
         """
         Return a logged model.
 

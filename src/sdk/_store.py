@@ -23,7 +23,6 @@ from mlflow.entities import (
     LifecycleStage,
     LoggedModelInput,
     LoggedModelOutput,
-    Metric,
     Param,
     Run,
     RunInfo,
@@ -134,9 +133,7 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
                 )
         project = self.backend.project_file(canonical)
         if project.exists():
-            other = self.backend.get_experiment(
-                _mapping.experiment_id_for(canonical)
-            )
+            other = self.backend.get_experiment(_mapping.experiment_id_for(canonical))
             holder = other.name if other else canonical
             raise MlflowException(
                 f"Experiment name {name!r} would be stored as Trackio project "
@@ -583,4 +580,3 @@ def _new_params(run: Run, params: Sequence[Param]) -> list[Param]:
             INVALID_PARAMETER_VALUE,
         )
     return [p for p in params if p.key not in existing]
-

@@ -283,9 +283,12 @@ class LocalBackend:
 
     def _file_has_run(self, project: ProjectFile, run_id: str) -> bool:
         with project.read() as connection:
-            if project.mlflow_tables_exist() and connection.execute(
-                "SELECT 1 FROM mlflow_runs WHERE run_id = ?", (run_id,)
-            ).fetchone():
+            if (
+                project.mlflow_tables_exist()
+                and connection.execute(
+                    "SELECT 1 FROM mlflow_runs WHERE run_id = ?", (run_id,)
+                ).fetchone()
+            ):
                 return True
             return _has_trackio_run(connection, run_id)
 
@@ -645,9 +648,7 @@ def _write_system_metrics(
     import orjson
 
     prefix = len(_mapping.SYSTEM_METRIC_PREFIX)
-    stripped = [
-        Metric(m.key[prefix:], m.value, m.timestamp, m.step) for m in metrics
-    ]
+    stripped = [Metric(m.key[prefix:], m.value, m.timestamp, m.step) for m in metrics]
     rows, steps = [], []
     for (step, timestamp, *_), values in _mapping.group_metric_rows(stripped).items():
         payload = orjson.dumps(values)
@@ -777,8 +778,12 @@ def _read_mlflow_runs(
     }
     if not infos:
         return {}
-    params = _grouped(connection, "SELECT run_id, key, value FROM mlflow_params", where, args)
-    tags = _grouped(connection, "SELECT run_id, key, value FROM mlflow_tags", where, args)
+    params = _grouped(
+        connection, "SELECT run_id, key, value FROM mlflow_params", where, args
+    )
+    tags = _grouped(
+        connection, "SELECT run_id, key, value FROM mlflow_tags", where, args
+    )
     latest = _grouped(
         connection,
         "SELECT run_id, key, value, timestamp, step, is_nan FROM mlflow_latest_metrics",
