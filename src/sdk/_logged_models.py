@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import (
     LifecycleStage,
@@ -39,11 +39,23 @@ from mlflow.utils.validation import (
 from sdk._backends._local import LocalBackend
 from sdk._backends._sqlite import ProjectFile
 
+if TYPE_CHECKING:
+    from mlflow.entities import Experiment, Run
+
 
 class LoggedModelsMixin:
     """The logged-model part of the store; expects `backend` and experiments."""
 
     backend: LocalBackend
+
+    if TYPE_CHECKING:
+        # Provided by TrackioStore, which this mixin is part of.
+        def get_experiment(self, experiment_id: str) -> Experiment: ...
+        def get_run(self, run_id: str) -> Run: ...
+        def _experiment_project(self, experiment_id: str) -> ProjectFile: ...
+        def log_batch(
+            self, run_id: str, metrics: list, params: list, tags: list
+        ) -> None: ...
 
     def create_logged_model(
         self,
@@ -75,7 +87,7 @@ class LoggedModelsMixin:
         _validate_logged_model_name(name)
         for param in params or []:
             _validate_param(param.key, param.value)
-        experiment = self.get_experiment(experiment_id)  # type: ignore[attr-defined]
+        experiment = self.get_experiment(experiment_id)
         if experiment.lifecycle_stage != LifecycleStage.ACTIVE:
             raise MlflowException(
                 "Could not create model under non-active experiment with ID "
@@ -99,7 +111,7 @@ class LoggedModelsMixin:
             tags=tags,
             params=params,
         )
-        project = self._experiment_project(str(experiment_id))  # type: ignore[attr-defined]
+        project = self._experiment_project(str(experiment_id))
         self.backend.save_logged_model(project, model)
         return model
 
@@ -261,11 +273,11 @@ class LoggedModelsMixin:
                 "Argument 'mlflow_model' should be mlflow.models.Model, got "
                 f"'{type(mlflow_model)}'"
             )
-        run = self.get_run(run_id)  # type: ignore[attr-defined]
+        run = self.get_run(run_id)
         history = json.loads(run.data.tags.get(MLFLOW_LOGGED_MODELS, "[]"))
         value = json.dumps([*history, mlflow_model.get_tags_dict()])
         _validate_tag(MLFLOW_LOGGED_MODELS, value)
-        self.log_batch(run_id, [], [], [RunTag(MLFLOW_LOGGED_MODELS, value)])  # type: ignore[attr-defined]
+        self.log_batch(run_id, [], [], [RunTag(MLFLOW_LOGGED_MODELS, value)])
 
     def _log_model_metrics(self, metrics: list[Any]) -> None:
         """Attach metrics that name a model id to that model, as MLflow does."""
