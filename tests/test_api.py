@@ -155,7 +155,9 @@ class TestShow:
             open_browser=False, block_thread=False, server_port=port
         )
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/", timeout=30
+            ) as page:
                 assert page.status == 200
             from trackio.sqlite_storage import SQLiteStorage
 

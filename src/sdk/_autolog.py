@@ -307,7 +307,22 @@ def _switch_on(project: str | None, arguments: dict[str, Any]) -> None:
     if name is not None:
         mlflow.set_experiment(name)
 
+    rank = _distributed_rank()
+    if rank:
+        # Distributed launchers (torchrun, Lightning's DDP) run the script once
+        # per process; only rank 0 may autolog, or each rank opens a run.
+        _logger.info("sdk.autolog: rank %s of a distributed job logs nothing", rank)
+        return
     mlflow.autolog(**arguments)
+
+
+def _distributed_rank() -> int:
+    """Return this process's rank in a distributed job (0 when not in one)."""
+    for variable in ("RANK", "NODE_RANK", "LOCAL_RANK"):
+        value = os.environ.get(variable, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 0
 
 
 def register_store() -> None:
