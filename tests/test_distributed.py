@@ -41,6 +41,7 @@ class TestDistributedRank:
         self, monkeypatch, local_rank: str, patched: bool
     ) -> None:
         """Rank 0 patches the frameworks; rank 1 only points MLflow at Trackio."""
+        import sklearn  # noqa: F401 - autolog patches only imported frameworks
         from mlflow.utils.autologging_utils import autologging_is_disabled
 
         monkeypatch.setenv("LOCAL_RANK", local_rank)
