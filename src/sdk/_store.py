@@ -32,7 +32,9 @@ from mlflow.entities import (
 )
 from mlflow.exceptions import MlflowException, MlflowNotImplementedException
 from mlflow.protos.databricks_pb2 import (
+    BAD_REQUEST,
     INVALID_PARAMETER_VALUE,
+    INVALID_STATE,
     RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
 )
@@ -80,9 +82,9 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
             to ``<trackio dir>/mlflow-artifacts``.
 
     Raises:
-        MlflowException: If the URI is not a Trackio URI this store can open.
-        MlflowNotImplementedException: For ``trackio+http(s)`` URIs, which
-            need a Trackio server backend this version does not have.
+        MlflowException: If the URI is not a Trackio URI this store can open:
+            a local directory, or a Trackio server's ``trackio+http(s)://``
+            address (see ``docs/remote.md``).
 
     .. versionadded:: 0.1.0
     """
@@ -92,7 +94,12 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
     ) -> None:
         super().__init__()
         self.store_uri = store_uri or "trackio://"
-        self.backend = LocalBackend(_local_directory(self.store_uri), artifact_uri)
+        if urlparse(self.store_uri).scheme.lower() in ("trackio+http", "trackio+https"):
+            from sdk._backends._remote import RemoteBackend
+
+            self.backend = RemoteBackend(self.store_uri, artifact_uri)
+        else:
+            self.backend = LocalBackend(_local_directory(self.store_uri), artifact_uri)
         # Serialises creating experiments and runs, so that two threads cannot
         # both pass the "does it exist yet?" check.
         self._create_lock = threading.Lock()
@@ -135,11 +142,17 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
         if project.exists():
             other = self.backend.get_experiment(_mapping.experiment_id_for(canonical))
             holder = other.name if other else canonical
+            # A renamed experiment keeps its project file, so its old name's
+            # file stays taken even when nothing was stripped from the name.
+            why = (
+                "renamed experiments keep their project file"
+                if canonical == name
+                else "Trackio keeps only letters, digits, '-' and '_' in project names"
+            )
             raise MlflowException(
                 f"Experiment name {name!r} would be stored as Trackio project "
-                f"{canonical!r}, which already holds experiment {holder!r}: "
-                "Trackio keeps only letters, digits, '-' and '_' in project names. "
-                "Choose a name that differs in those characters.",
+                f"{canonical!r}, which already holds experiment {holder!r} ({why}). "
+                "Choose another name.",
                 INVALID_PARAMETER_VALUE,
             )
 
@@ -202,9 +215,20 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
             )
         return experiment
 
+    def _experiment_in_stage(self, experiment_id: str, stage: str) -> Experiment:
+        # MLflow's SQL store looks experiments up among those in one stage, so
+        # deleting a deleted one (or restoring an active one) is "not found".
+        experiment = self.get_experiment(experiment_id)
+        if experiment.lifecycle_stage != stage:
+            raise MlflowException(
+                f"No Experiment with id={experiment_id} exists",
+                RESOURCE_DOES_NOT_EXIST,
+            )
+        return experiment
+
     @override
     def delete_experiment(self, experiment_id):
-        self._active_experiment(experiment_id)
+        self._experiment_in_stage(experiment_id, LifecycleStage.ACTIVE)
         project = self._experiment_project(experiment_id)
         now = get_current_time_millis()
         self.backend.update_experiment(
@@ -216,13 +240,7 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
 
     @override
     def restore_experiment(self, experiment_id):
-        experiment = self.get_experiment(experiment_id)
-        if experiment.lifecycle_stage != LifecycleStage.DELETED:
-            raise MlflowException(
-                f"Cannot restore an active experiment. Experiment {experiment_id} "
-                "is already active.",
-                INVALID_PARAMETER_VALUE,
-            )
+        self._experiment_in_stage(experiment_id, LifecycleStage.DELETED)
         project = self._experiment_project(experiment_id)
         self.backend.update_experiment(
             project,
@@ -236,12 +254,17 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
     @override
     def rename_experiment(self, experiment_id, new_name):
         _validate_experiment_name(new_name)
-        self._active_experiment(experiment_id)
+        if self.get_experiment(experiment_id).lifecycle_stage != LifecycleStage.ACTIVE:
+            raise MlflowException(
+                "Cannot rename a non-active experiment.", INVALID_STATE
+            )
         with self._create_lock:
-            if self.get_experiment_by_name(new_name) is not None:
+            holder = self.get_experiment_by_name(new_name)
+            if holder is not None and holder.experiment_id != str(experiment_id):
+                # MLflow's SQL store reports the broken unique constraint
+                # of the name column as BAD_REQUEST.
                 raise MlflowException(
-                    f"Experiment(name={new_name}) already exists.",
-                    RESOURCE_ALREADY_EXISTS,
+                    f"Experiment(name={new_name}) already exists.", BAD_REQUEST
                 )
             # The project file keeps its name (its file and the experiment id
             # derive from it); Trackio's dashboard lists it under the old name.
@@ -308,7 +331,9 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
         project = self._experiment_project(experiment_id)
         self.backend.save_experiment_record(project)
         self.backend.create_run(project, info, tags, config)
-        return self.get_run(run_id)
+        created = self.get_run(run_id)
+        # MLflow's SQL store returns a new run without outputs (None).
+        return Run(created.info, created.data, created.inputs)
 
     def _group_of(self, tags: Sequence[RunTag]) -> str | None:
         """Return the Trackio group of a nested run: its parent's run name."""
@@ -356,7 +381,9 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
             columns["end_time"] = end_time
         if columns:
             self.backend.update_run(project, run_id, **columns)
-        if run_name and run_name != run.info.run_name:
+        if run_name:
+            # Also for the current name: MLflow's SQL store writes the
+            # mlflow.runName tag again, restoring it if it was deleted.
             self._rename_run(project, run, run_name)
         return self.get_run(run_id).info
 
@@ -430,9 +457,10 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
 
     @override
     def get_metric_history(self, run_id, metric_key, max_results=None, page_token=None):
-        self.get_run(run_id)
-        points = self.backend.metric_history(
-            self._run_project(run_id), run_id, metric_key
+        project = self.backend.run_file(run_id)
+        # MLflow's SQL store answers an unknown run with an empty history.
+        points = [] if project is None else self.backend.metric_history(
+            project, run_id, metric_key
         )
         offset = SearchUtils.parse_start_offset_from_page_token(page_token)
         if max_results is None:
@@ -441,6 +469,38 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
         more = offset + max_results < len(points)
         token = SearchUtils.create_page_token(offset + max_results) if more else None
         return PagedList(page, token)
+
+    @override
+    def get_metric_history_bulk_interval(
+        self, run_ids, metric_key, max_results, start_step, end_step
+    ):
+        # Only MLflow's server calls this, for the UI's charts. AbstractStore's
+        # default samples steps and may return more than max_results points;
+        # MLflow's SQL store samples rows, which this repeats.
+        from mlflow.entities.metric import MetricWithRunId
+
+        if (start_step is None) != (end_step is None):
+            raise MlflowException.invalid_parameter_value(
+                "Both start_step and end_step must be specified together, "
+                "or neither may be specified."
+            )
+        for run_id in run_ids:
+            self.get_run(run_id)
+        sampled = []
+        for run_id in run_ids:
+            points = sorted(
+                (
+                    m
+                    for m in self.get_metric_history(run_id, metric_key)
+                    if start_step is None or start_step <= m.step <= end_step
+                ),
+                key=_sql_metric_order,
+            )
+            sampled += [
+                MetricWithRunId(metric=m, run_id=run_id)
+                for m in _ntile_sample(points, max(1, max_results))
+            ]
+        return sampled
 
     @override
     def _search_runs(
@@ -486,6 +546,36 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
         project, _ = self._active_run(run_id)
         self.backend.log_outputs(project, run_id, models)
 
+    def _search_datasets(self, experiment_ids: Sequence[str]) -> list[Any]:
+        """
+        Return the distinct datasets (name, digest, context) experiments' runs used.
+
+        Only MLflow's server calls this, for the runs page of its UI; it is not
+        part of ``AbstractStore``, and without it the server answers 500.
+        """
+        from mlflow.entities import _DatasetSummary
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        summaries: dict[tuple[str, str, str, str | None], _DatasetSummary] = {}
+        for experiment_id in (str(e) for e in experiment_ids):
+            project = self.backend.experiment_file(experiment_id)
+            runs = self.backend.runs_in(project) if project is not None else []
+            used = [i for r in runs if r.inputs for i in r.inputs.dataset_inputs]
+            for dataset_input in used:
+                context = next(
+                    (
+                        tag.value
+                        for tag in dataset_input.tags
+                        if tag.key == MLFLOW_DATASET_CONTEXT
+                    ),
+                    None,
+                )
+                dataset = dataset_input.dataset
+                key = (experiment_id, dataset.name, dataset.digest, context)
+                summaries[key] = _DatasetSummary(*key)
+        # MLflow's own stores stop at 1000 summaries.
+        return list(summaries.values())[:1000]
+
     # Traces --------------------------------------------------------------
 
     @override
@@ -509,17 +599,38 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
         )
 
 
+def _sql_metric_order(metric: Any) -> tuple[int, int, float, bool]:
+    """Sort metric points as MLflow's SQL store does: step, timestamp, value."""
+    nan = metric.value != metric.value
+    return (metric.step, metric.timestamp, 0.0 if nan else metric.value, nan)
+
+
+def _ntile_sample(points: list[Any], buckets: int) -> list[Any]:
+    """
+    Return the first point of each of `buckets` even buckets, and the last point.
+
+    The same choice as MLflow's SQL store (``NTILE`` over the ordered points,
+    the global last point replacing the final pick when the sample is full).
+    """
+    size, extra = divmod(len(points), buckets)
+    picked, index = [], 0
+    for bucket in range(min(buckets, len(points))):
+        picked.append(points[index])
+        index += size + (1 if bucket < extra else 0)
+    if picked and picked[-1] is not points[-1]:
+        if len(picked) >= buckets:
+            picked[-1] = points[-1]
+        else:
+            picked.append(points[-1])
+    return picked
+
+
 def _local_directory(store_uri: str):
     """Return the Trackio directory a ``trackio://`` URI names."""
     from pathlib import Path
 
     parsed = urlparse(store_uri)
     scheme = parsed.scheme.lower()
-    if scheme in ("trackio+http", "trackio+https"):
-        raise MlflowNotImplementedException(
-            f"Logging to a Trackio server ({store_uri}) is not supported yet. Log "
-            "to a local directory with trackio:// or trackio:///path instead."
-        )
     if scheme != "trackio" or parsed.netloc or parsed.query:
         raise MlflowException(
             f"{store_uri!r} is not a Trackio tracking URI. Use 'trackio://' for "

@@ -38,6 +38,7 @@ from mlflow.entities import (
 )
 from mlflow.protos.service_pb2 import DatasetInput as DatasetInputProto
 from mlflow.protos.service_pb2 import LoggedModel as LoggedModelProto
+from mlflow.utils.time import get_current_time_millis
 
 from sdk import _mapping
 from sdk._backends._sqlite import ProjectFile
@@ -100,7 +101,10 @@ class LocalBackend:
         if not self.directory.is_dir():
             return []
         stems = sorted(path.stem for path in self.directory.glob(f"*{_DB_SUFFIX}"))
-        return [self.project_file(stem) for stem in stems]
+        projects = [self.project_file(stem) for stem in stems]
+        # Opening an empty file left by a failed creation would make it a
+        # project without tables; `exists()` is False for such files.
+        return [project for project in projects if project.exists()]
 
     def close(self) -> None:
         """Close every open connection."""
@@ -121,7 +125,7 @@ class LocalBackend:
         experiments = [self._read_experiment(p) for p in self._all_project_files()]
         found = [e for e in experiments if e is not None]
         if not any(e.experiment_id == _mapping.DEFAULT_EXPERIMENT_ID for e in found):
-            found.append(self._unsaved_default_experiment())
+            found.append(self._unsaved_default_experiment(found))
         return found
 
     def experiment_file(self, experiment_id: str) -> ProjectFile | None:
@@ -151,9 +155,12 @@ class LocalBackend:
             return self._unsaved_default_experiment()
         return None
 
-    def _unsaved_default_experiment(self) -> Experiment:
+    def _unsaved_default_experiment(
+        self, others: Sequence[Experiment] | None = None
+    ) -> Experiment:
         # MLflow always has experiment "0"; it gets a file on its first write
         # so that Trackio's dashboard shows no empty "Default" project.
+        created = self._default_creation_time(others)
         return Experiment(
             experiment_id=_mapping.DEFAULT_EXPERIMENT_ID,
             name=_mapping.DEFAULT_EXPERIMENT_NAME,
@@ -162,9 +169,27 @@ class LocalBackend:
             ),
             lifecycle_stage=LifecycleStage.ACTIVE,
             tags=[],
-            creation_time=None,
-            last_update_time=None,
+            creation_time=created,
+            last_update_time=created,
         )
+
+    def _default_creation_time(self, others: Sequence[Experiment] | None) -> int:
+        """Date experiment "0" just before the oldest other experiment.
+
+        MLflow creates the default experiment with its store, before any
+        other, so it sorts last by "creation_time DESC"; this store writes it
+        only on its first use, and backdates it to keep that order.
+        """
+        if others is None:
+            read = (self._read_experiment(p) for p in self._all_project_files())
+            others = [e for e in read if e is not None]
+        times = [
+            e.creation_time
+            for e in others
+            if e.creation_time is not None
+            and e.experiment_id != _mapping.DEFAULT_EXPERIMENT_ID
+        ]
+        return min(times) - 1 if times else get_current_time_millis()
 
     def _read_experiment(self, project: ProjectFile) -> Experiment | None:
         if not project.exists():
