@@ -1,0 +1,1 @@
+"""Child-process programs for the concurrency, crash and fault tests."""
