@@ -112,11 +112,6 @@ class TestUris:
         with pytest.raises(MlflowException, match="is not a Trackio tracking URI"):
             TrackioStore(uri)
 
-    def test_server_uri_is_not_supported_yet(self) -> None:
-        """trackio+http URIs fail at once with a sentence that says why."""
-        with pytest.raises(MlflowNotImplementedException, match="not supported yet"):
-            TrackioStore("trackio+http://127.0.0.1:7860")
-
 
 class TestExperiments:
     def test_default_experiment_exists_without_a_file(self, store, trackio_dir) -> None:

@@ -416,6 +416,10 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
         metrics, params, tags = _validate_batch_log_data(metrics, params, tags)
         _validate_batch_log_limits(metrics, params, tags)
         _validate_param_keys_unique(params)
+        if tags:
+            # MLflow's SQL store takes an empty run name as "keep the current
+            # one" and writes no tag for it.
+            tags = [t for t in tags if t.key != MLFLOW_RUN_NAME or t.value]
         project, run = self._active_run(run_id)
         new_params = _new_params(run, params)
         config = self._config_after(run, new_params) if new_params else None
