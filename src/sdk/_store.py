@@ -355,13 +355,18 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
 
     def _active_run(self, run_id: str) -> tuple[ProjectFile, Run]:
         run = self.get_run(run_id)
-        if run.info.lifecycle_stage != LifecycleStage.ACTIVE:
-            raise MlflowException(
-                f"The run {run_id} must be in the 'active' state. "
-                f"Current state is {run.info.lifecycle_stage}.",
-                INVALID_PARAMETER_VALUE,
-            )
+        _check_active(run.info)
         return self._run_project(run_id), run
+
+    def _active_run_info(self, run_id: str) -> tuple[ProjectFile, RunInfo]:
+        _validate_run_id(run_id)
+        info = self.backend.run_info(run_id)
+        if info is None:
+            raise MlflowException(
+                f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST
+            )
+        _check_active(info)
+        return self._run_project(run_id), info
 
     def _run_project(self, run_id: str) -> ProjectFile:
         project = self.backend.run_file(run_id)
@@ -420,13 +425,19 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
             # MLflow's SQL store takes an empty run name as "keep the current
             # one" and writes no tag for it.
             tags = [t for t in tags if t.key != MLFLOW_RUN_NAME or t.value]
-        project, run = self._active_run(run_id)
-        new_params = _new_params(run, params)
-        config = self._config_after(run, new_params) if new_params else None
+        # A training step logs metrics only: it needs the run's record, not
+        # its params, tags and latest metrics, which cost ten reads.
+        project, info = self._active_run_info(run_id)
+        new_params: list[Param] = []
+        config = None
+        if params:
+            run = self.get_run(run_id)
+            new_params = _new_params(run, params)
+            config = self._config_after(run, new_params) if new_params else None
         self.backend.save_run_record(project, run_id)
-        self.backend.write_batch(project, run.info, metrics, new_params, tags, config)
+        self.backend.write_batch(project, info, metrics, new_params, tags, config)
         renamed = next((t.value for t in tags if t.key == MLFLOW_RUN_NAME), None)
-        if renamed and renamed != run.info.run_name:
+        if renamed and renamed != info.run_name:
             self.backend.update_run(project, run_id, run_name=renamed)
         self._log_model_metrics(metrics)
 
@@ -463,8 +474,10 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
     def get_metric_history(self, run_id, metric_key, max_results=None, page_token=None):
         project = self.backend.run_file(run_id)
         # MLflow's SQL store answers an unknown run with an empty history.
-        points = [] if project is None else self.backend.metric_history(
-            project, run_id, metric_key
+        points = (
+            []
+            if project is None
+            else self.backend.metric_history(project, run_id, metric_key)
         )
         offset = SearchUtils.parse_start_offset_from_page_token(page_token)
         if max_results is None:
@@ -676,6 +689,15 @@ def _check_max_results(max_results: int | None) -> None:
         raise MlflowException(
             f"Invalid value {max_results} for parameter 'max_results' supplied. "
             f"It must be at most {SEARCH_MAX_RESULTS_THRESHOLD}",
+            INVALID_PARAMETER_VALUE,
+        )
+
+
+def _check_active(info: RunInfo) -> None:
+    if info.lifecycle_stage != LifecycleStage.ACTIVE:
+        raise MlflowException(
+            f"The run {info.run_id} must be in the 'active' state. "
+            f"Current state is {info.lifecycle_stage}.",
             INVALID_PARAMETER_VALUE,
         )
 

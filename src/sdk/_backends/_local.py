@@ -14,7 +14,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,8 @@ class LocalBackend:
         self._files_lock = threading.Lock()
         # Which project file holds a run or a logged model; ids never move.
         self._run_files: dict[str, ProjectFile] = {}
+        # Runs known to have a row in mlflow_runs.
+        self._recorded_runs: set[str] = set()
         self._model_files: dict[str, ProjectFile] = {}
         self._experiment_files: dict[str, ProjectFile] = {}
 
@@ -373,6 +375,27 @@ class LocalBackend:
         runs = self.runs_in(project, run_ids=[run_id])
         return runs[0] if runs else None
 
+    def run_info(self, run_id: str) -> RunInfo | None:
+        """Return a run's info alone, or None: one read where `get_run` takes ten."""
+        project = self.run_file(run_id)
+        if project is None:
+            return None
+        if project.mlflow_tables_exist():
+            with project.read() as connection:
+                row = connection.execute(
+                    "SELECT r.*, (SELECT experiment_id FROM mlflow_experiment)"
+                    " FROM mlflow_runs r WHERE r.run_id = ?",
+                    (run_id,),
+                ).fetchone()
+            if row is not None:
+                self._recorded_runs.add(run_id)
+                experiment_id = row[-1] or _mapping.experiment_id_for(
+                    project.canonical_project
+                )
+                return _run_info_of_row(row[:-1], experiment_id)
+        run = self.get_run(run_id)
+        return run.info if run is not None else None
+
     def runs_in(
         self, project: ProjectFile, run_ids: Sequence[str] | None = None
     ) -> list[Run]:
@@ -390,11 +413,15 @@ class LocalBackend:
 
     def save_run_record(self, project: ProjectFile, run_id: str) -> None:
         """Give a run that only Trackio wrote an MLflow record, to change it."""
+        # Records are never removed, so one seen stays there.
+        if run_id in self._recorded_runs:
+            return
         if project.mlflow_tables_exist():
             with project.read() as connection:
                 if connection.execute(
                     "SELECT 1 FROM mlflow_runs WHERE run_id = ?", (run_id,)
                 ).fetchone():
+                    self._recorded_runs.add(run_id)
                     return
         run = self.get_run(run_id)
         if run is None:
@@ -706,11 +733,9 @@ def _drop_stored_duplicates(
     MLflow's SQL store keeps each such point once; MLflow's `Model.log` re-logs
     a run's metrics with a model id, which must not double the history.
     """
-    stored_steps = {m.step for m in metrics}
-    existing: set[tuple[str, int, int, Any]] = set()
-    for step in stored_steps:
-        for point in _points_at_step(connection, run_id, step):
-            existing.add(point)
+    steps = sorted({m.step for m in metrics})
+    with_system = any(m.key.startswith(_mapping.SYSTEM_METRIC_PREFIX) for m in metrics)
+    existing = set(_points_at_steps(connection, run_id, steps, with_system))
     if not existing:
         return list(metrics)
     fresh = []
@@ -723,30 +748,51 @@ def _drop_stored_duplicates(
     return fresh
 
 
-def _points_at_step(
-    connection: sqlite3.Connection, run_id: str, step: int
+# SQLite allows at least 999 parameters in one statement.
+_STEPS_PER_QUERY = 900
+
+
+def _points_at_steps(
+    connection: sqlite3.Connection,
+    run_id: str,
+    steps: Sequence[int],
+    with_system: bool,
+) -> Iterable[tuple[str, int, int, Any]]:
+    """Yield (key, step, timestamp, value) of the points stored at `steps`.
+
+    One indexed query per chunk of steps: a batch covers many steps, and
+    in training they are new, so the queries find nothing, quickly.
+    """
+    for first in range(0, len(steps), _STEPS_PER_QUERY):
+        chunk = steps[first : first + _STEPS_PER_QUERY]
+        marks = ",".join("?" * len(chunk))
+        rows = connection.execute(
+            "SELECT step, timestamp, metrics FROM metrics"
+            f" WHERE run_id = ? AND step IN ({marks})",
+            (run_id, *chunk),
+        )
+        yield from _points_of_rows(rows, _mapping.from_trackio_key)
+        if with_system:
+            rows = connection.execute(
+                "SELECT p.step, s.timestamp, s.metrics FROM system_metrics s"
+                " JOIN mlflow_system_metric_steps p ON p.log_id = s.log_id"
+                f" WHERE s.run_id = ? AND p.step IN ({marks})",
+                (run_id, *chunk),
+            )
+            yield from _points_of_rows(
+                rows, lambda key: _mapping.SYSTEM_METRIC_PREFIX + key
+            )
+
+
+def _points_of_rows(
+    rows: Iterable[tuple[int, str, bytes]], mlflow_key: Callable[[str], str]
 ) -> Iterable[tuple[str, int, int, Any]]:
     import orjson
 
-    rows = connection.execute(
-        "SELECT timestamp, metrics FROM metrics WHERE run_id = ? AND step = ?",
-        (run_id, step),
-    )
-    for timestamp, payload in rows:
+    for step, timestamp, payload in rows:
         timestamp_ms = _mapping.iso_to_ms(timestamp)
         for key, value in orjson.loads(payload).items():
-            yield _mapping.from_trackio_key(key), step, timestamp_ms, value
-    system_prefix = _mapping.SYSTEM_METRIC_PREFIX
-    rows = connection.execute(
-        "SELECT s.timestamp, s.metrics FROM system_metrics s"
-        " JOIN mlflow_system_metric_steps p ON p.log_id = s.log_id"
-        " WHERE s.run_id = ? AND p.step = ?",
-        (run_id, step),
-    )
-    for timestamp, payload in rows:
-        timestamp_ms = _mapping.iso_to_ms(timestamp)
-        for key, value in orjson.loads(payload).items():
-            yield system_prefix + key, step, timestamp_ms, value
+            yield mlflow_key(key), step, timestamp_ms, value
 
 
 def _read_metric_points(
@@ -788,17 +834,7 @@ def _read_mlflow_runs(
 ) -> dict[str, Run]:
     where, args = _run_filter(run_ids)
     infos = {
-        row[0]: RunInfo(
-            run_id=row[0],
-            experiment_id=experiment_id,
-            user_id=row[2],
-            status=row[3],
-            start_time=row[4],
-            end_time=row[5],
-            lifecycle_stage=row[6],
-            artifact_uri=row[8],
-            run_name=row[1],
-        )
+        row[0]: _run_info_of_row(row, experiment_id)
         for row in connection.execute(f"SELECT * FROM mlflow_runs{where}", args)
     }
     if not infos:
@@ -838,6 +874,21 @@ def _read_mlflow_runs(
             RunOutputs([LoggedModelOutput(m, s) for m, s in outputs.get(run_id, [])]),
         )
     return runs
+
+
+def _run_info_of_row(row: Sequence[Any], experiment_id: str) -> RunInfo:
+    """Build a RunInfo from a row of ``SELECT * FROM mlflow_runs``."""
+    return RunInfo(
+        run_id=row[0],
+        experiment_id=experiment_id,
+        user_id=row[2],
+        status=row[3],
+        start_time=row[4],
+        end_time=row[5],
+        lifecycle_stage=row[6],
+        artifact_uri=row[8],
+        run_name=row[1],
+    )
 
 
 def _run_filter(run_ids: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:

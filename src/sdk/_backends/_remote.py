@@ -668,6 +668,11 @@ class RemoteBackend:
         found = self._read_run(canonical, run_id)
         return None if found is None else found.to_run()
 
+    def run_info(self, run_id: str) -> RunInfo | None:
+        """Return a run's info alone, or None."""
+        run = self.get_run(run_id)
+        return None if run is None else run.info
+
     def _read_run(self, canonical: str, run_id: str) -> _RunRecord | None:
         where = f"WHERE run_id = {_text(run_id)}"
         facts = self._query(
