@@ -350,11 +350,7 @@ def _leaf_differences(left: Any, right: Any, path: str) -> Iterable[tuple]:
     if isinstance(left, dict) and isinstance(right, dict):
         for key in left.keys() | right.keys():
             yield from _leaf_differences(left.get(key), right.get(key), f"{path}.{key}")
-    elif (
-        isinstance(left, list)
-        and isinstance(right, list)
-        and len(left) == len(right)
-    ):
+    elif isinstance(left, list) and isinstance(right, list) and len(left) == len(right):
         for index, (one, other) in enumerate(zip(left, right, strict=True)):
             yield from _leaf_differences(one, other, f"{path}[{index}]")
     else:

@@ -279,7 +279,9 @@ def client_workload(client: mlflow.MlflowClient, rec: Recorder) -> None:
     rec.observe("get default", lambda: client.get_experiment("0"))
     rec.observe("set tag", lambda: client.set_experiment_tag(beta, "team", "nlp"))
     _tick()
-    rec.observe("delete missing exp tag", lambda: client.delete_experiment_tag(beta, "x"))
+    rec.observe(
+        "delete missing exp tag", lambda: client.delete_experiment_tag(beta, "x")
+    )
     rec.observe("create default again", lambda: client.create_experiment("Default"))
 
     runs = []
@@ -368,7 +370,9 @@ def client_workload(client: mlflow.MlflowClient, rec: Recorder) -> None:
     rec.observe("restore run", lambda: client.restore_run(r3))
     rec.observe("get restored", lambda: client.get_run(r3))
     _histories(client, rec, [r0, r1, r3], ["loss", "odd", "acc", "step", "none"])
-    rec.observe("history of missing run", lambda: client.get_metric_history("f" * 32, "x"))
+    rec.observe(
+        "history of missing run", lambda: client.get_metric_history("f" * 32, "x")
+    )
 
     rec.observe("delete gamma", lambda: client.delete_experiment(gamma))
     _tick()
@@ -478,7 +482,9 @@ class TestClientPath:
                 "history page 0 size 1",
                 lambda: store.get_metric_history(run_id, "m", 1, None),
             )
-            store.log_batch(run_id, [Metric("m", float(i), i, i) for i in range(5)], [], [])
+            store.log_batch(
+                run_id, [Metric("m", float(i), i, i) for i in range(5)], [], []
+            )
             rec.observe(
                 "history token past the end",
                 lambda: store.get_metric_history(
@@ -731,7 +737,11 @@ class StoreMachine(RuleBasedStateMachine):
             ),
         )
 
-    @rule(run=runs, key=st.sampled_from(["lr", "opt"]), value=st.sampled_from(PARAM_VALUES))
+    @rule(
+        run=runs,
+        key=st.sampled_from(["lr", "opt"]),
+        value=st.sampled_from(PARAM_VALUES),
+    )
     def log_param(self, run: int, key: str, value: str):
         self.both(
             f"log param {key}={value!r}",

@@ -161,9 +161,10 @@ class TestLockedDatabase:
     ) -> None:
         """A write waits out the window, then names the file and the lock."""
         client = seeded.client()
-        with holder.held(), pytest.raises(MlflowException, match="locked") as caught:
+        with holder.held():
             started = time.monotonic()
-            WRITES[write](client, seeded)
+            with pytest.raises(MlflowException, match="locked") as caught:
+                WRITES[write](client, seeded)
         waited = time.monotonic() - started
         _check_clear(caught.value, seeded.path, "TEMPORARILY_UNAVAILABLE")
         assert re.search(r"by another process for 1\.\d s", caught.value.message)
@@ -181,9 +182,10 @@ class TestLockedDatabase:
         """MLFLOW_TRACKIO_BUSY_TIMEOUT sets how long a write waits."""
         monkeypatch.setenv(BUSY_TIMEOUT_ENV, str(window))
         client = seeded.client()
-        with holder.held(), pytest.raises(MlflowException, match="locked"):
+        with holder.held():
             started = time.monotonic()
-            client.log_metric(seeded.run_id, "x", 9.0, step=9)
+            with pytest.raises(MlflowException, match="locked"):
+                client.log_metric(seeded.run_id, "x", 9.0, step=9)
         assert window <= time.monotonic() - started < window + 1.5
 
     def test_an_unreadable_window_is_a_clear_error(
@@ -312,9 +314,10 @@ class TestReadOnlyFolder:
         how, folder = read_only_kind
         seeded = _seed(folder)
         client = seeded.client()
-        with _read_only(how, folder), pytest.raises(
-            MlflowException, match="read-only"
-        ) as caught:
+        with (
+            _read_only(how, folder),
+            pytest.raises(MlflowException, match="read-only") as caught,
+        ):
             client.log_metric(seeded.run_id, "x", 9.0, step=9)
         _check_clear(caught.value, seeded.path, "PERMISSION_DENIED")
 
@@ -324,9 +327,10 @@ class TestReadOnlyFolder:
         """Trackio's schema set-up failing in a read-only folder is translated."""
         how, folder = read_only_kind
         client = mlflow.MlflowClient(f"trackio://{folder}")
-        with _read_only(how, folder), pytest.raises(
-            MlflowException, match="read-only"
-        ) as caught:
+        with (
+            _read_only(how, folder),
+            pytest.raises(MlflowException, match="read-only") as caught,
+        ):
             client.create_experiment("fresh")
         _check_clear(caught.value, folder / "fresh.db", "PERMISSION_DENIED")
 
@@ -384,12 +388,16 @@ def _big_batch(step: int) -> list[Metric]:
 
 def _fill(client: mlflow.MlflowClient, seeded: Seeded) -> tuple[int, MlflowException]:
     """Log big batches until the disk is full; return how many returned."""
-    returned = 0
-    with pytest.raises(MlflowException, match="disk is full") as caught:
+    returned: list[int] = []
+
+    def log_until_full() -> None:
         for step in range(1000):
             client.log_batch(seeded.run_id, metrics=_big_batch(step))
-            returned += 1
-    return returned, caught.value
+            returned.append(step)
+
+    with pytest.raises(MlflowException, match="disk is full") as caught:
+        log_until_full()
+    return len(returned), caught.value
 
 
 class TestFullDisk:
@@ -420,7 +428,9 @@ class TestFullDisk:
         with pytest.raises(MlflowException, match="disk is full") as caught:
             client.create_experiment("another")
 
-        _check_clear(caught.value, seeded.directory / "another.db", "RESOURCE_EXHAUSTED")
+        _check_clear(
+            caught.value, seeded.directory / "another.db", "RESOURCE_EXHAUSTED"
+        )
         assert client.get_experiment_by_name("another") is None
         _run("mount", "-o", "remount,size=16m", str(seeded.directory))
         assert client.get_experiment(client.create_experiment("another")).name == (

@@ -42,6 +42,14 @@ TRACKIO_CONFIG_KEYS = frozenset({CONFIG_USER, CONFIG_CREATED, CONFIG_GROUP})
 # double instead; MLflow reads from this store do the same.
 _FLOAT_MAX = sys.float_info.max
 
+# Trackio keeps a metric's time as ISO-8601 text, and Python's dates end with
+# year 9999; MLflow's SQL store takes any 64-bit timestamp.
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+
+# File names hold at most 255 bytes, and Trackio appends up to 36 characters
+# to a project's name ("_external_run_artifact_links.parquet" in Trackio 0.43).
+MAX_PROJECT_NAME_BYTES = 200
+
 
 class MetricPoint(NamedTuple):
     """One MLflow metric value as it is read back."""
@@ -87,7 +95,8 @@ def to_trackio_value(value: float) -> float | str:
         return "NaN"
     if math.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
-    return float(value)
+    # Adding 0.0 turns -0.0 into 0.0, as MLflow's SQL store reads it back.
+    return float(value) + 0.0
 
 
 def from_trackio_value(raw: Any) -> float | None:
@@ -110,7 +119,7 @@ def from_trackio_value(raw: Any) -> float | None:
         return None
     if math.isinf(value):
         return math.copysign(_FLOAT_MAX, value)
-    return value
+    return value + 0.0
 
 
 def sanitize_for_summary(value: float) -> tuple[float, bool]:
@@ -119,7 +128,7 @@ def sanitize_for_summary(value: float) -> tuple[float, bool]:
         return 0.0, True
     if math.isinf(value):
         return math.copysign(_FLOAT_MAX, value), False
-    return value, False
+    return value + 0.0, False
 
 
 def group_metric_rows(
@@ -156,6 +165,22 @@ def experiment_id_for(canonical_project: str) -> str:
         return DEFAULT_EXPERIMENT_ID
     digest = hashlib.sha256(canonical_project.encode()).digest()
     return str(int.from_bytes(digest[:7], "big") + 10**17)
+
+
+def fit_project_name(canonical_project: str) -> str:
+    """
+    Return a project name short enough for Trackio's file names.
+
+    A longer name keeps its first bytes and gets a digest of the whole name,
+    so that distinct long names stay distinct and the same name always maps
+    to the same project.
+    """
+    encoded = canonical_project.encode()
+    if len(encoded) <= MAX_PROJECT_NAME_BYTES:
+        return canonical_project
+    digest = hashlib.sha256(encoded).hexdigest()[:12]
+    head = encoded[: MAX_PROJECT_NAME_BYTES - len(digest) - 1]
+    return f"{head.decode(errors='ignore')}-{digest}"
 
 
 def params_from_config(config: dict[str, Any]) -> dict[str, str]:

@@ -33,6 +33,7 @@ from mlflow.entities import (
 from mlflow.exceptions import MlflowException, MlflowNotImplementedException
 from mlflow.protos.databricks_pb2 import (
     BAD_REQUEST,
+    INTERNAL_ERROR,
     INVALID_PARAMETER_VALUE,
     INVALID_STATE,
     RESOURCE_ALREADY_EXISTS,
@@ -425,6 +426,8 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
             # MLflow's SQL store takes an empty run name as "keep the current
             # one" and writes no tag for it.
             tags = [t for t in tags if t.key != MLFLOW_RUN_NAME or t.value]
+        for metric in metrics:
+            _check_metric_fits(metric)
         # A training step logs metrics only: it needs the run's record, not
         # its params, tags and latest metrics, which cost ten reads.
         project, info = self._active_run_info(run_id)
@@ -671,7 +674,39 @@ def _checked_canonical(name: str) -> str:
         # its own keeps them apart, at the price of a less readable file name.
         digest = hashlib.sha256(name.encode()).hexdigest()[:12]
         return f"experiment-{digest}"
-    return canonical_name(name)
+    return _mapping.fit_project_name(canonical_name(name))
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _check_metric_fits(metric: Any) -> None:
+    """Refuse a metric that MLflow's validators pass but no column can hold."""
+    try:
+        float(metric.value)
+    except OverflowError:
+        # MLflow's SQL store fails the same way, as INTERNAL_ERROR.
+        raise MlflowException(
+            # The value itself is left out: it may have hundreds of digits.
+            f"Metric {metric.key!r} has a value too large for a double (64-bit "
+            "floating point). Log a smaller number.",
+            INTERNAL_ERROR,
+        ) from None
+    for field in ("step", "timestamp"):
+        number = getattr(metric, field)
+        if not _INT64_MIN <= number <= _INT64_MAX:
+            raise MlflowException(
+                f"Metric {metric.key!r} has {field} {number}, which does not fit a "
+                "64-bit integer. Log a smaller number.",
+                INTERNAL_ERROR,
+            )
+    if metric.timestamp > _mapping.MAX_TIMESTAMP_MS:
+        raise MlflowException(
+            f"Metric {metric.key!r} has timestamp {metric.timestamp}, after the "
+            "year 9999, which Trackio cannot store. Log times in milliseconds "
+            "since the epoch.",
+            INVALID_PARAMETER_VALUE,
+        )
 
 
 def _check_max_results(max_results: int | None) -> None:
