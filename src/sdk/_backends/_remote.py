@@ -12,8 +12,9 @@ keys, as locally; everything else MLflow keeps about a run (tags, status,
 times, lifecycle, inputs, the latest value of each metric) goes into the same
 config under the key ``_mlflow``, which Trackio's dashboard does not show.
 What has no place there (MLflow's timestamps of metric rows, the steps of
-system metrics, experiment tags and lifecycle, logged models) is listed in
-``docs/remote.md``; the first two warn once per process, the rest raise.
+system metrics, experiment tags and lifecycle, logged models, artifacts) is
+listed in ``docs/remote.md``. One warning at a process's first run names it
+all; the experiment calls and logged models also raise.
 """
 
 from __future__ import annotations
