@@ -89,6 +89,8 @@ _MUST_SEE = re.compile(
             r"Exception raised while enabling autologging",
             r"Failed to (?:log|send)",
             r"Cannot retrieve experiment by name",
+            # Ours, rerouted by autolog: what a Trackio server cannot keep.
+            r"The Trackio server at",
         )
     ),
     re.DOTALL,

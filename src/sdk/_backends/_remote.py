@@ -12,8 +12,9 @@ keys, as locally; everything else MLflow keeps about a run (tags, status,
 times, lifecycle, inputs, the latest value of each metric) goes into the same
 config under the key ``_mlflow``, which Trackio's dashboard does not show.
 What has no place there (MLflow's timestamps of metric rows, the steps of
-system metrics, experiment tags and lifecycle, logged models) is listed in
-``docs/remote.md``; the first two warn once per process, the rest raise.
+system metrics, experiment tags and lifecycle, logged models, artifacts) is
+listed in ``docs/remote.md``. One warning at a process's first run names it
+all; the experiment calls and logged models also raise.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ _CONFIG_PAGE_ROWS = 500
 _KEPT_FINISHED_RUNS = 1000
 _TOKEN_REFUSED = "the write token is missing or wrong"
 _NOT_TRACKIO = "the address does not answer like a Trackio server"
+_CERT_REFUSED = "the server's TLS certificate did not verify"
+_CERT_FAILED = "CERTIFICATE_VERIFY_FAILED"
 
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
@@ -365,6 +368,12 @@ class RemoteBackend:
                 "Check the tracking URI.",
                 INVALID_PARAMETER_VALUE,
             )
+        if self.spool.refused == _CERT_REFUSED:
+            return MlflowException(
+                f"The TLS certificate of {self.label} did not verify. Point "
+                "SSL_CERT_FILE at the CA bundle that signed it.",
+                PERMISSION_DENIED,
+            )
         return MlflowException(
             f"The Trackio server at {self.label} refused the write token. Set "
             f"{WRITE_TOKEN_ENV} (or ?write_token=... in the tracking URI) to the "
@@ -376,21 +385,32 @@ class RemoteBackend:
         """Check the token with an empty ``bulk_log``, which writes nothing."""
         if not self._token():
             raise _spool.Refused(_TOKEN_REFUSED)
-        try:
-            version = self._http.get("version").json().get("api_version")
-        except Exception as exc:
-            import httpx
-
-            if isinstance(exc, httpx.TransportError):
-                raise _spool.Unreachable(type(exc).__name__) from None
-            version = None
-        if version != _API_VERSION:
+        if self._server_version() != _API_VERSION:
             raise _spool.Refused(_NOT_TRACKIO)
         try:
             self._call("bulk_log", write=True, logs=[], hf_token=None)
         except _ServerError:
             raise _spool.Refused(_TOKEN_REFUSED) from None
         self._token_ok = True
+
+    def _server_version(self) -> Any:
+        """Return the API version of ``GET /version``; None if not Trackio's."""
+        import httpx
+
+        try:
+            response = self._http.get("version")
+        except httpx.TransportError as exc:
+            if _CERT_FAILED in str(exc):
+                raise _spool.Refused(_CERT_REFUSED) from None
+            raise _spool.Unreachable(type(exc).__name__) from None
+        # A proxy in front of a server that is restarting answers like this.
+        if response.status_code in (502, 503, 504):
+            raise _spool.Unreachable(f"HTTP {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError:
+            return None
+        return body.get("api_version") if isinstance(body, dict) else None
 
     def _deliver(self, ops: list[dict[str, Any]]) -> None:
         """Send spooled lines to the server, in order (the spool's callback)."""
@@ -559,6 +579,7 @@ class RemoteBackend:
                 "A Trackio server keeps no experiment tags. Create the experiment "
                 "without tags, or tag its runs instead."
             )
+        self._ensure_writable()
         with self._lock:
             self._experiments[project.canonical_project] = experiment
             self._pending.add(project.canonical_project)
@@ -629,10 +650,11 @@ class RemoteBackend:
         """Send a new run: its config (with MLflow's record of it) and one empty row."""
         self._ensure_writable()
         _warn_once(
-            "timestamps",
-            f"The Trackio server at {self.label} stamps metric rows with their "
-            "arrival time, so metric history shows those times, not MLflow's. "
-            "See docs/remote.md for what else differs.",
+            "cannot-carry",
+            f"The Trackio server at {self.label} keeps no MLflow metric timestamps "
+            "(rows get their arrival time), no steps of system metrics, no "
+            "experiment tags and no logged models; artifacts stay on this "
+            "machine. See docs/remote.md.",
         )
         with self._lock:
             experiment = self._experiments.get(project.canonical_project)
@@ -931,12 +953,6 @@ class RemoteBackend:
         self._ensure_writable()
         training = [m for m in metrics if not _is_system(m.key)]
         system = [m for m in metrics if _is_system(m.key)]
-        if system:
-            _warn_once(
-                "system-steps",
-                f"The Trackio server at {self.label} keeps system metrics without "
-                "their steps; they read back at step 0, with their timestamps.",
-            )
         with self._lock:
             record = self._live(project, run.run_id)
             record.params.update((p.key, p.value) for p in new_params)
