@@ -682,13 +682,25 @@ def _write_metrics(
         " is_nan = excluded.is_nan"
         " WHERE (excluded.step, excluded.timestamp, excluded.value)"
         " > (step, timestamp, value)",
-        [_latest_row(run_id, m) for m in fresh],
+        _latest_rows(run_id, fresh),
     )
 
 
-def _latest_row(run_id: str, metric: Metric) -> tuple[Any, ...]:
-    value, is_nan = _mapping.sanitize_for_summary(metric.value)
-    return run_id, metric.key, value, metric.timestamp, metric.step, int(is_nan)
+def _latest_rows(run_id: str, metrics: Sequence[Metric]) -> list[tuple[Any, ...]]:
+    """Return each key's latest point of a batch, as mlflow_latest_metrics rows.
+
+    A batch holds many steps of few keys; upserting only each key's latest
+    point, by the same rule as the upsert, spares SQLite most of the rows.
+    """
+    latest: dict[str, tuple[Any, ...]] = {}
+    for metric in metrics:
+        value, is_nan = _mapping.sanitize_for_summary(metric.value)
+        row = (run_id, metric.key, value, metric.timestamp, metric.step, int(is_nan))
+        held = latest.get(metric.key)
+        # The upsert's order, (step, timestamp, value); the first of equals wins.
+        if held is None or (row[4], row[3], row[2]) > (held[4], held[3], held[2]):
+            latest[metric.key] = row
+    return list(latest.values())
 
 
 def _write_system_metrics(
