@@ -11,6 +11,7 @@ process itself by a few lines run before the CLI.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -580,3 +581,26 @@ class TestUi:
 
         assert completed.returncode == 0, completed.stderr
         assert "(skinny, no `ui`)" in completed.stdout
+
+
+def _documented_help() -> dict[str, str]:
+    """The `--help` outputs pasted in docs/cli.md, by command ("" for the group)."""
+    page = (ROOT / "docs" / "cli.md").read_text()
+    pattern = r"```text\n\$ mlflow-trackio ?(\w*) --help\n(.*?)```"
+    return {name: text for name, text in re.findall(pattern, page, re.DOTALL)}
+
+
+class TestDocs:
+    def test_every_help_is_on_the_cli_page(self) -> None:
+        """docs/cli.md shows the help of the group and of every command."""
+        assert sorted(_documented_help()) == sorted(["", *COMMAND_OPTIONS])
+
+    @pytest.mark.parametrize("command", ["", *sorted(COMMAND_OPTIONS)])
+    def test_help_on_the_cli_page_is_current(self, command: str) -> None:
+        """The pasted help is exactly what the command prints now."""
+        args = [*filter(None, [command]), "--help"]
+
+        # Click's width outside a terminal: 80 columns less its margin of 2.
+        result = CliRunner().invoke(main, args, terminal_width=78)
+
+        assert result.output == _documented_help()[command]
