@@ -16,11 +16,12 @@ import importlib.util
 import os
 import platform
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -255,19 +256,54 @@ def import_(
 
 def _check_source_exists(source_uri: str) -> None:
     """Refuse a local source that is not there: MLflow would create it empty."""
-    parsed = urlparse(source_uri)
-    if parsed.scheme == "sqlite":
-        path = parsed.path[1:] if parsed.path.startswith("/") else parsed.path
-        local = None if path in ("", ":memory:") else Path(path)
-    elif parsed.scheme in ("", "file"):
-        local = Path(parsed.path if parsed.scheme else source_uri)
-    else:
-        return
+    local = _local_path(source_uri)
     if local is not None and not local.exists():
         raise click.BadParameter(
             f"{local} does not exist. Give the path of an existing MLflow store.",
             param_hint="SOURCE_URI",
         )
+    _check_sqlite_is_mlflow(source_uri, "SOURCE_URI")
+
+
+def _local_path(uri: str) -> Path | None:
+    """Return the file or directory a local tracking URI names, else None."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = parsed.path[1:] if parsed.path.startswith("/") else parsed.path
+        return None if path in ("", ":memory:") else Path(path)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path if parsed.scheme else uri)
+    return None
+
+
+def _check_sqlite_is_mlflow(uri: str, param_hint: str) -> None:
+    """Refuse an SQLite file that holds no MLflow store.
+
+    MLflow adds its tables to any database it opens, so a Trackio project or
+    another program's file given by mistake would be changed, then fail.
+    """
+    local = _local_path(uri) if urlparse(uri).scheme == "sqlite" else None
+    if local is None or not local.is_file():
+        return
+    if local.stat().st_size == 0 and param_hint == "DEST_URI":
+        return  # SQLite takes an empty file for a new database
+    if not _has_mlflow_tables(local):
+        raise click.BadParameter(
+            f"{local} holds no MLflow store, and MLflow would add its tables to "
+            "it. Give the path of an MLflow sqlite store.",
+            param_hint=param_hint,
+        )
+
+
+def _has_mlflow_tables(path: Path) -> bool:
+    read_only = f"{path.resolve().as_uri()}?mode=ro"
+    query = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    try:
+        with closing(sqlite3.connect(read_only, uri=True)) as db:
+            names = {row[0] for row in db.execute(query)}
+    except sqlite3.DatabaseError:
+        return False
+    return {"alembic_version", "experiments", "runs"} <= names
 
 
 @main.command()
@@ -281,6 +317,7 @@ def export(dest_uri: str, directory: Path | None, experiments: tuple[str, ...]) 
     DEST_URI is any MLflow tracking URI, for example sqlite:///mlflow.db or
     http://host:5000. Running it again copies only what is missing.
     """
+    _check_sqlite_is_mlflow(dest_uri, "DEST_URI")
     _copy(_trackio_uri(_resolve_dir(directory)), dest_uri, experiments)
 
 
