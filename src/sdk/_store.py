@@ -51,6 +51,7 @@ from mlflow.utils.validation import (
     _validate_batch_log_limits,
     _validate_experiment_name,
     _validate_experiment_tag,
+    _validate_metric,
     _validate_param_keys_unique,
     _validate_run_id,
 )
@@ -419,15 +420,14 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
     @override
     def log_batch(self, run_id, metrics, params, tags):
         _validate_run_id(run_id)
-        metrics, params, tags = _validate_batch_log_data(metrics, params, tags)
+        _validate_metrics(metrics)
+        _, params, tags = _validate_batch_log_data([], params, tags)
         _validate_batch_log_limits(metrics, params, tags)
         _validate_param_keys_unique(params)
         if tags:
             # MLflow's SQL store takes an empty run name as "keep the current
             # one" and writes no tag for it.
             tags = [t for t in tags if t.key != MLFLOW_RUN_NAME or t.value]
-        for metric in metrics:
-            _check_metric_fits(metric)
         # A training step logs metrics only: it needs the run's record, not
         # its params, tags and latest metrics, which cost ten reads.
         project, info = self._active_run_info(run_id)
@@ -678,6 +678,38 @@ def _checked_canonical(name: str) -> str:
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# Metric keys that passed MLflow's validator in this process. A key's validity
+# depends on the key alone, so a training loop's few keys are checked once;
+# the set stops growing at this size, after which new keys are checked on
+# every call.
+_VALID_METRIC_KEYS: set[str] = set()
+_MOST_VALID_METRIC_KEYS = 100_000
+
+
+def _validate_metrics(metrics: Sequence[Any]) -> None:
+    """Validate metrics as MLflow's SQL store does, and check they can be stored.
+
+    MLflow's validator costs more than writing a point; a point whose key has
+    passed it before and whose value, timestamp and step have the types that
+    pass it (and fit the columns) needs no second look. Any other point goes
+    through MLflow's validator, with the same error as MLflow's own stores.
+    """
+    for index, metric in enumerate(metrics):
+        timestamp, step = metric.timestamp, metric.step
+        if (
+            metric.key in _VALID_METRIC_KEYS
+            and type(metric.value) is float
+            and type(timestamp) is int
+            and 0 <= timestamp <= _mapping.MAX_TIMESTAMP_MS
+            and type(step) is int
+            and _INT64_MIN <= step <= _INT64_MAX
+        ):
+            continue
+        path = f"metrics[{index}]"
+        _validate_metric(metric.key, metric.value, timestamp, step, path=path)
+        _check_metric_fits(metric)
+        if len(_VALID_METRIC_KEYS) < _MOST_VALID_METRIC_KEYS:
+            _VALID_METRIC_KEYS.add(metric.key)
 
 
 def _check_metric_fits(metric: Any) -> None:
