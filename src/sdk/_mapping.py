@@ -140,9 +140,13 @@ def group_metric_rows(
     dashboard's sampling and reads several times slower.
     """
     rows: dict[tuple[int, int], dict[str, float | str]] = {}
+    # A batch repeats a few keys over many steps.
+    trackio_keys: dict[str, str] = {}
     for metric in metrics:
         row = rows.setdefault((metric.step, metric.timestamp), {})
-        key = to_trackio_key(metric.key)
+        key = trackio_keys.get(metric.key)
+        if key is None:
+            key = trackio_keys[metric.key] = to_trackio_key(metric.key)
         if key in row:
             # The same key twice at one (step, timestamp): keep both values by
             # giving the later one a row of its own.

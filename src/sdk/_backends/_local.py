@@ -653,8 +653,11 @@ def _write_metrics(
     fresh = _drop_stored_duplicates(connection, run_id, metrics)
     if not fresh:
         return
-    training = [m for m in fresh if not m.key.startswith(_mapping.SYSTEM_METRIC_PREFIX)]
-    system = [m for m in fresh if m.key.startswith(_mapping.SYSTEM_METRIC_PREFIX)]
+    training: list[Metric] = []
+    system: list[Metric] = []
+    for metric in fresh:
+        is_system = metric.key.startswith(_mapping.SYSTEM_METRIC_PREFIX)
+        (system if is_system else training).append(metric)
     rows = []
     for (step, timestamp, *_), values in _mapping.group_metric_rows(training).items():
         payload = orjson.dumps(values)
@@ -692,15 +695,22 @@ def _latest_rows(run_id: str, metrics: Sequence[Metric]) -> list[tuple[Any, ...]
     A batch holds many steps of few keys; upserting only each key's latest
     point, by the same rule as the upsert, spares SQLite most of the rows.
     """
-    latest: dict[str, tuple[Any, ...]] = {}
+    latest: dict[str, Metric] = {}
     for metric in metrics:
+        held = latest.setdefault(metric.key, metric)
+        if held is not metric and _latest_order(metric) > _latest_order(held):
+            latest[metric.key] = metric
+    rows = []
+    for key, metric in latest.items():
         value, is_nan = _mapping.sanitize_for_summary(metric.value)
-        row = (run_id, metric.key, value, metric.timestamp, metric.step, int(is_nan))
-        held = latest.get(metric.key)
-        # The upsert's order, (step, timestamp, value); the first of equals wins.
-        if held is None or (row[4], row[3], row[2]) > (held[4], held[3], held[2]):
-            latest[metric.key] = row
-    return list(latest.values())
+        rows.append((run_id, key, value, metric.timestamp, metric.step, int(is_nan)))
+    return rows
+
+
+def _latest_order(metric: Metric) -> tuple[int, int, float]:
+    # The upsert's order, on the value as stored: NaN counts as 0.0.
+    value = metric.value
+    return metric.step, metric.timestamp, value if value == value else 0.0
 
 
 def _write_system_metrics(
