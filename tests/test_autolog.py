@@ -127,6 +127,39 @@ class TestTrackingUri:
         expected = f"trackio://{(tmp_path / 'runs').resolve().as_posix()}"
         assert mlflow.get_tracking_uri() == expected
 
+    @pytest.mark.parametrize("set_by", ["environment", "set_tracking_uri"])
+    def test_mlflow_server_uri_is_kept(
+        self, set_by: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An http(s) MLflow server the user set is where autolog logs to.
+
+        In the central-server topology that server writes to Trackio itself.
+        """
+        uri = "http://tracking.example:5000"
+        if set_by == "environment":
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        else:
+            mlflow.set_tracking_uri(uri)
+
+        autolog()
+
+        assert mlflow.get_tracking_uri() == uri
+
+        autolog(disable=True)
+
+        assert mlflow.get_tracking_uri() == uri
+
+    def test_configured_destination_beats_server_uri(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A directory given to sdk.init wins over MLFLOW_TRACKING_URI."""
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://tracking.example")
+        _config.init(dir=tmp_path / "runs")
+
+        autolog()
+
+        assert mlflow.get_tracking_uri().startswith("trackio://")
+
     def test_every_scheme_is_registered(self) -> None:
         """Enabling registers the store builder for every Trackio scheme."""
         autolog()
@@ -191,6 +224,35 @@ class TestExperiment:
 
         experiment = mlflow.get_experiment_by_name("from-init")
         assert experiment is not None
+        assert fluent._active_experiment_id == experiment.experiment_id
+
+    def test_project_created_by_another_process(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A project created by another job mid-way is still the one selected.
+
+        MLflow's set_experiment returns without selecting the experiment when
+        its create loses that race, as with jobs starting at once.
+        """
+        from sdk._store import TrackioStore
+
+        original = TrackioStore.get_experiment_by_name
+        calls = []
+
+        def missing_first(store: TrackioStore, name: str) -> Any:
+            calls.append(name)
+            if len(calls) == 1:
+                # Another process creates it right after this lookup.
+                store.create_experiment(name)
+                return None
+            return original(store, name)
+
+        monkeypatch.setattr(TrackioStore, "get_experiment_by_name", missing_first)
+
+        autolog(project="raced")
+
+        monkeypatch.undo()
+        experiment = mlflow.get_experiment_by_name("raced")
         assert fluent._active_experiment_id == experiment.experiment_id
 
     def test_empty_project_raises(self) -> None:

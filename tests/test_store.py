@@ -138,6 +138,23 @@ class TestExperiments:
             store.create_experiment("proj")
         assert info.value.error_code == "RESOURCE_ALREADY_EXISTS"
 
+    def test_create_racing_another_process(
+        self, store, trackio_dir, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A name another process created after the check is RESOURCE_ALREADY_EXISTS.
+
+        Two server workers may both find the name free; the second insert
+        must fail as MLflow's stores do, so `set_experiment` can recover.
+        """
+        other = TrackioStore(f"trackio://{trackio_dir.as_posix()}")
+        monkeypatch.setattr(other, "_check_name_is_free", lambda *args: None)
+        store.create_experiment("proj")
+        with pytest.raises(MlflowException, match="already exists") as info:
+            other.create_experiment("proj")
+        other.backend.close()
+        assert info.value.error_code == "RESOURCE_ALREADY_EXISTS"
+        assert sorted(e.name for e in store.search_experiments()) == ["Default", "proj"]
+
     def test_names_trackio_would_merge_get_a_clear_error(self, store) -> None:
         """Names equal after Trackio drops characters are refused, not merged."""
         store.create_experiment("exp.v2")

@@ -9,7 +9,9 @@ Tracking URI: MLflow keeps it in two places, the module variable that
 variable (which ``set_tracking_uri`` also writes, for subprocesses). "Unset" means
 both are empty; ``mlflow.get_tracking_uri()`` cannot tell, since it returns the
 resolved default. Both are recorded and written back as they were, so a URI that
-was never set is not set after disabling.
+was never set is not set after disabling. An ``http(s)://`` URI the user set is
+an MLflow server (in the central-server topology, one over Trackio) and is kept
+unless `sdk.init` chose a destination.
 
 Experiment: the active experiment id and the ``MLFLOW_EXPERIMENT_ID`` and
 ``MLFLOW_EXPERIMENT_NAME`` variables are recorded and written back. An experiment
@@ -72,6 +74,9 @@ _MLFLOW_LOGGER = "mlflow"
 _URI_VARIABLE = "MLFLOW_TRACKING_URI"
 _EXPERIMENT_ID_VARIABLE = "MLFLOW_EXPERIMENT_ID"
 _RECORDED_VARIABLES = (_URI_VARIABLE, _EXPERIMENT_ID_VARIABLE, "MLFLOW_EXPERIMENT_NAME")
+# An MLflow tracking server: in the central-server topology, `mlflow-trackio ui`
+# over a Trackio directory, which writes to Trackio itself.
+_SERVER_URI_PREFIXES = ("http://", "https://")
 
 # Vertex AI's lean defaults: params and metrics, no model files.
 _DEFAULTS: Mapping[str, bool] = {
@@ -164,11 +169,12 @@ def autolog(
 
     Enabling registers `TrackioStore` for the ``trackio`` URI schemes, filters
     MLflow's log noise, sets the tracking URI to the one `sdk.init` configured
-    (default ``trackio://``), selects the project as the MLflow experiment and
-    calls ``mlflow.autolog()`` with ``log_input_examples=False,
-    log_model_signatures=False, log_models=False, silent=False`` unless the
-    caller passes other values. Calling it again keeps what was recorded the
-    first time and applies the new arguments.
+    (default ``trackio://``; an ``http(s)://`` MLflow server the user set is
+    kept when `sdk.init` chose no destination), selects the project as the
+    MLflow experiment and calls ``mlflow.autolog()`` with
+    ``log_input_examples=False, log_model_signatures=False, log_models=False,
+    silent=False`` unless the caller passes other values. Calling it again
+    keeps what was recorded the first time and applies the new arguments.
 
     Disabling turns MLflow autologging off and restores the tracking URI, the
     active experiment, the ``mlflow`` logger's level and handlers, and the
@@ -295,10 +301,24 @@ def _record() -> _Before:
     )
 
 
+def _destination(before: _Before | None) -> str:
+    """Return the URI to track to: the configured Trackio URI or an MLflow server.
+
+    A job that sets only ``MLFLOW_TRACKING_URI=http://host:port`` logs through
+    that server; `sdk.init(dir=...)` or `sdk.init(server_url=...)` still win.
+    """
+    user_uri = ""
+    if before is not None:
+        user_uri = before.tracking_uri or before.environ.get(_URI_VARIABLE) or ""
+    if _config.has_destination() or not user_uri.startswith(_SERVER_URI_PREFIXES):
+        return _config.tracking_uri()
+    return user_uri
+
+
 def _switch_on(project: str | None, arguments: dict[str, Any]) -> None:
     import mlflow
 
-    uri = _config.tracking_uri()
+    uri = _destination(_state.before)
     register_store()
     _install_filter()
     if mlflow.get_tracking_uri() != uri:
@@ -307,7 +327,7 @@ def _switch_on(project: str | None, arguments: dict[str, Any]) -> None:
 
     name = project if project is not None else _config.project()
     if name is not None:
-        mlflow.set_experiment(name)
+        _select_experiment(name)
 
     rank = _distributed_rank()
     if rank:
@@ -316,6 +336,18 @@ def _switch_on(project: str | None, arguments: dict[str, Any]) -> None:
         _logger.info("sdk.autolog: rank %s of a distributed job logs nothing", rank)
         return
     mlflow.autolog(**arguments)
+
+
+def _select_experiment(name: str) -> None:
+    import mlflow
+    from mlflow.tracking import fluent
+
+    experiment = mlflow.set_experiment(name)
+    # When another process creates the experiment between MLflow's lookup and
+    # its create (jobs starting at once against one server), set_experiment
+    # returns the experiment without selecting it, and runs go to Default.
+    if fluent._active_experiment_id != experiment.experiment_id:
+        mlflow.set_experiment(experiment_id=experiment.experiment_id)
 
 
 def _distributed_rank() -> int:

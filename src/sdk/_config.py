@@ -94,6 +94,12 @@ def directory() -> Path | None:
     return _settings.directory
 
 
+def has_destination() -> bool:
+    """Return whether `init` recorded a directory or a server to log to."""
+    with _settings_lock:
+        return _settings.directory is not None or _settings.server_url is not None
+
+
 def tracking_uri() -> str:
     """Return the MLflow tracking URI for the configured destination."""
     with _settings_lock:

@@ -36,6 +36,8 @@ from mlflow.entities import (
     RunStatus,
     RunTag,
 )
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.protos.service_pb2 import DatasetInput as DatasetInputProto
 from mlflow.protos.service_pb2 import LoggedModel as LoggedModelProto
 from mlflow.utils.time import get_current_time_millis
@@ -237,8 +239,19 @@ class LocalBackend:
         project: ProjectFile,
         experiment: Experiment,
     ) -> None:
-        """Write a new experiment's record into its project file."""
+        """Write a new experiment's record into its project file.
+
+        Raises:
+            MlflowException: RESOURCE_ALREADY_EXISTS if the file already holds
+                one, which another process wrote after the caller checked.
+        """
         with project.write() as connection:
+            held = connection.execute("SELECT name FROM mlflow_experiment").fetchone()
+            if held is not None:
+                raise MlflowException(
+                    f"Experiment(name={held[0]}) already exists.",
+                    RESOURCE_ALREADY_EXISTS,
+                )
             connection.execute(
                 "INSERT INTO mlflow_experiment VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -265,7 +278,12 @@ class LocalBackend:
             if project.canonical_project == _mapping.DEFAULT_EXPERIMENT_NAME
             else self._trackio_experiment(project)
         )
-        self.create_experiment(project, experiment)
+        try:
+            self.create_experiment(project, experiment)
+        except MlflowException as exc:
+            # Another process saved the record between the check and here.
+            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
 
     def update_experiment(self, project: ProjectFile, **columns: Any) -> None:
         """Set columns of an experiment's record (name, lifecycle, times)."""
