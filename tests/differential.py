@@ -217,13 +217,15 @@ class Normaliser:
         }
 
     def _run(self, run: Run) -> dict[str, Any]:
+        # MLflow 2's runs have no outputs (logged models came with MLflow 3).
+        outputs = getattr(run, "outputs", None)
         return {
             "info": self._info(run.info),
             "data": self._data(run.data),
             "inputs": self._inputs(run.inputs),
             "outputs": None
-            if run.outputs is None
-            else sorted(m.model_id for m in run.outputs.model_outputs),
+            if outputs is None
+            else sorted(m.model_id for m in outputs.model_outputs),
         }
 
     def _info(self, info: RunInfo) -> dict[str, Any]:
@@ -288,7 +290,8 @@ class Normaliser:
             self.plain(float(metric.value)),
             self._time("timestamp", metric.timestamp),
             metric.step,
-            metric.model_id,
+            # MLflow 2's metrics name no logged model.
+            getattr(metric, "model_id", None),
         ]
 
 

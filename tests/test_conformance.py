@@ -35,6 +35,7 @@ from mlflow.store.entities.paged_list import PagedList
 from mlflow.tracking._tracking_service import utils as tracking_utils
 from trackio.utils import canonical_project_name
 
+from sdk._mlflow_compat import MLFLOW_MAJOR
 from tests.differential import (
     RUN_TIMES,
     SQLITE,
@@ -52,6 +53,38 @@ from tests.differential import (
 )
 
 Workload = Callable[[mlflow.MlflowClient, Recorder], None]
+
+# MLflow 2's sqlite store pages no metric history (it refuses any page token)
+# and fails on search_runs(max_results=None) with a TypeError; MLflow 3's
+# pages both. TrackioStore pages both on either line, so on MLflow 2 the
+# workloads leave those calls out rather than compare with a refusal.
+PAGES_EVERYTHING = MLFLOW_MAJOR >= 3
+
+# Observations on which MLflow 2's sqlite store is wrong by its own search
+# rules (MLflow 2's SearchUtils, which TrackioStore applies on that line):
+# a full last page still carries a token to an empty page, a NaN latest
+# metric compares as 0 in filters, and a dataset filter with an order_by
+# fails inside SQLAlchemy 2. MLflow 3's sqlite store fixed all three.
+MLFLOW2_SQLITE_FAULTS = ("runs pages of", "metrics.loss < 0.5", "datasets.name")
+
+
+def assert_agree(sqlite: Recorder, trackio: Recorder) -> None:
+    """Assert the stores agree, on MLflow 2 except where its sqlite store errs."""
+    if MLFLOW_MAJOR >= 3:
+        assert_same(sqlite, trackio)
+        return
+    names = [
+        name
+        for name in sqlite.outcomes
+        if not any(fault in name for fault in MLFLOW2_SQLITE_FAULTS)
+    ]
+    assert names == [
+        name
+        for name in trackio.outcomes
+        if not any(fault in name for fault in MLFLOW2_SQLITE_FAULTS)
+    ], "different workloads"
+    assert_same(sqlite, trackio, names)
+
 
 RUN_FILTERS = [
     "",
@@ -240,7 +273,7 @@ def _histories(client, rec: Recorder, run_ids: list[str], keys: list[str]):
                 f"history r{index} {key}", lambda r=run_id, k=key: _full(store, r, k)
             )
             token, page = None, 0
-            while True:
+            while PAGES_EVERYTHING:
                 found = rec.observe(
                     f"history r{index} {key} pages of 2, page {page}",
                     lambda r=run_id, k=key, t=token: store.get_metric_history(
@@ -467,7 +500,7 @@ class TestClientPath:
         """Through MlflowClient, every read-back and error matches sqlite's."""
         sqlite, trackio = run_both(places, client_workload)
         assert len(sqlite.outcomes) > 300
-        assert_same(sqlite, trackio)
+        assert_agree(sqlite, trackio)
 
     def test_direct_store_calls_match(self, places: Places) -> None:
         """Store-level calls MLflow's client never makes still match sqlite's."""
@@ -485,21 +518,8 @@ class TestClientPath:
             store.log_batch(
                 run_id, [Metric("m", float(i), i, i) for i in range(5)], [], []
             )
-            rec.observe(
-                "history token past the end",
-                lambda: store.get_metric_history(
-                    run_id, "m", 2, "eyJvZmZzZXQiOiAxMH0="
-                ),
-            )
-            rec.observe(
-                "history bad token",
-                lambda: store.get_metric_history(run_id, "m", 2, "not-a-token"),
-            )
-            for view in VIEW_TYPES:
-                rec.observe(
-                    f"search runs max_results None view={view}",
-                    lambda v=view: store.search_runs(["0"], "", v, None),
-                )
+            if PAGES_EVERYTHING:
+                _paging_calls(store, rec, run_id)
             rec.observe(
                 "search runs bad token",
                 lambda: store.search_runs(["0"], "", ViewType.ALL, 10, None, "bad"),
@@ -511,7 +531,23 @@ class TestClientPath:
             rec.observe("get", lambda: store.get_run(run_id))
 
         sqlite, trackio = run_both(places, workload)
-        assert_same(sqlite, trackio)
+        assert_agree(sqlite, trackio)
+
+
+def _paging_calls(store: Any, rec: Recorder, run_id: str) -> None:
+    rec.observe(
+        "history token past the end",
+        lambda: store.get_metric_history(run_id, "m", 2, "eyJvZmZzZXQiOiAxMH0="),
+    )
+    rec.observe(
+        "history bad token",
+        lambda: store.get_metric_history(run_id, "m", 2, "not-a-token"),
+    )
+    for view in VIEW_TYPES:
+        rec.observe(
+            f"search runs max_results None view={view}",
+            lambda v=view: store.search_runs(["0"], "", v, None),
+        )
 
 
 class TestFluentPath:
@@ -519,7 +555,7 @@ class TestFluentPath:
         """Through the fluent API, every read-back and error matches sqlite's."""
         sqlite, trackio = run_both(places, fluent_workload, STORE_TIMES | RUN_TIMES)
         assert len(sqlite.outcomes) > 300
-        assert_same(sqlite, trackio)
+        assert_agree(sqlite, trackio)
 
 
 class TestAsyncPath:
@@ -528,7 +564,7 @@ class TestAsyncPath:
         monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "true")
         sqlite, trackio = run_both(places, fluent_workload, STORE_TIMES | RUN_TIMES)
         assert sqlite.outcomes["get run 0"]["data"]["params"]["lr"] == "0.1"
-        assert_same(sqlite, trackio)
+        assert_agree(sqlite, trackio)
 
 
 # Property-based workloads ------------------------------------------------

@@ -14,19 +14,27 @@ import pytest
 from mlflow.entities import (
     ExperimentTag,
     LifecycleStage,
-    LoggedModelStatus,
     Metric,
     Param,
     RunStatus,
     RunTag,
     ViewType,
 )
-from mlflow.exceptions import MlflowException, MlflowNotImplementedException
+from mlflow.exceptions import MlflowException
 from mlflow.store.entities.paged_list import PagedList
 from mlflow.store.tracking.abstract_store import AbstractStore
 
 from sdk import TrackioStore
+from sdk._mlflow_compat import (
+    HAS_LOGGED_MODELS,
+    LoggedModelStatus,
+    MlflowNotImplementedException,
+)
 from tests.trackio_reader import TrackioReader
+
+NO_LOGGED_MODELS = pytest.mark.skipif(
+    not HAS_LOGGED_MODELS, reason="MLflow 2 has no logged models"
+)
 
 # Store methods MLflow's client, fluent API, autolog and server call; each
 # must be TrackioStore's own, not AbstractStore's silent default.
@@ -49,18 +57,23 @@ REQUIRED_METHODS = [
     "_search_runs",
     "log_batch",
     "log_inputs",
-    "log_outputs",
     "delete_tag",
-    "create_logged_model",
-    "get_logged_model",
-    "finalize_logged_model",
-    "set_logged_model_tags",
-    "delete_logged_model_tag",
-    "delete_logged_model",
-    "log_logged_model_params",
-    "search_logged_models",
     "record_logged_model",
     "search_traces",
+    *(
+        pytest.param(name, marks=NO_LOGGED_MODELS)
+        for name in (
+            "log_outputs",
+            "create_logged_model",
+            "get_logged_model",
+            "finalize_logged_model",
+            "set_logged_model_tags",
+            "delete_logged_model_tag",
+            "delete_logged_model",
+            "log_logged_model_params",
+            "search_logged_models",
+        )
+    ),
 ]
 
 
@@ -359,6 +372,7 @@ class TestMetrics:
         assert [m.step for m in store.get_metric_history(run_id, "system/cpu")] == [2]
         assert TrackioReader(trackio_dir).system_logs("exp", run_id)[0]["cpu"] == 50.0
 
+    @NO_LOGGED_MODELS
     def test_identical_point_with_model_id_is_kept_once(self, store) -> None:
         """Model.log re-logs metrics with a model id; the history does not double."""
         run_id = _make_run(store).info.run_id
@@ -488,6 +502,7 @@ class TestTrackioInterop:
         assert client.get_run(run.info.run_id).data.tags["reviewed"] == "yes"
 
 
+@NO_LOGGED_MODELS
 class TestLoggedModels:
     def test_lifecycle(self, store: TrackioStore) -> None:
         """A model is created PENDING, gets tags, params and metrics, then READY."""

@@ -1,4 +1,4 @@
-"""MLflow 3's logged-model calls for `TrackioStore`.
+"""The model calls of `TrackioStore`: MLflow 2's model history, MLflow 3's models.
 
 Autolog with MLflow's default settings creates a logged model before
 training, logs metrics against it and finalises it afterwards; without these
@@ -12,13 +12,7 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import (
-    LifecycleStage,
-    LoggedModel,
-    LoggedModelParameter,
-    LoggedModelStatus,
-    LoggedModelTag,
-)
+from mlflow.entities import LifecycleStage
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
     INVALID_STATE,
@@ -28,23 +22,28 @@ from mlflow.store.entities.paged_list import PagedList
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_MODELS
 from mlflow.utils.name_utils import _generate_random_name
-from mlflow.utils.search_utils import SearchLoggedModelsUtils
 from mlflow.utils.time import get_current_time_millis
-from mlflow.utils.validation import (
-    _validate_logged_model_name,
-    _validate_param,
-    _validate_tag,
-)
+from mlflow.utils.validation import _validate_param, _validate_tag
+from typing_extensions import override
 
 from sdk._backends._local import LocalBackend
 from sdk._backends._sqlite import ProjectFile
+from sdk._mlflow_compat import (
+    HAS_LOGGED_MODELS,
+    LoggedModel,
+    LoggedModelParameter,
+    LoggedModelStatus,
+    LoggedModelTag,
+    SearchLoggedModelsUtils,
+    _validate_logged_model_name,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities import Experiment, Run
 
 
-class LoggedModelsMixin:
-    """The logged-model part of the store; expects `backend` and experiments."""
+class ModelHistoryMixin:
+    """The model calls of every MLflow line; expects `backend` and runs."""
 
     backend: LocalBackend
 
@@ -56,6 +55,35 @@ class LoggedModelsMixin:
         def log_batch(
             self, run_id: str, metrics: list, params: list, tags: list
         ) -> None: ...
+
+    def record_logged_model(self, run_id: str, mlflow_model: Any) -> None:
+        """
+        Append a model to the run's ``mlflow.log-model.history`` tag (MLflow 2).
+
+        Raises:
+            TypeError: If `mlflow_model` is not an ``mlflow.models.Model``.
+            MlflowException: If the run does not exist or is deleted.
+        """
+        from mlflow.entities import RunTag
+        from mlflow.models import Model
+
+        if not isinstance(mlflow_model, Model):
+            raise TypeError(
+                "Argument 'mlflow_model' should be mlflow.models.Model, got "
+                f"'{type(mlflow_model)}'"
+            )
+        run = self.get_run(run_id)
+        history = json.loads(run.data.tags.get(MLFLOW_LOGGED_MODELS, "[]"))
+        value = json.dumps([*history, mlflow_model.get_tags_dict()])
+        _validate_tag(MLFLOW_LOGGED_MODELS, value)
+        self.log_batch(run_id, [], [], [RunTag(MLFLOW_LOGGED_MODELS, value)])
+
+    def _log_model_metrics(self, metrics: list[Any]) -> None:
+        """Do nothing: before MLflow 3, metrics name no model."""
+
+
+class LoggedModelsMixin(ModelHistoryMixin):
+    """MLflow 3's logged-model calls, and metrics that name a logged model."""
 
     def create_logged_model(
         self,
@@ -257,28 +285,7 @@ class LoggedModelsMixin:
         )
         return PagedList(page, token)
 
-    def record_logged_model(self, run_id: str, mlflow_model: Any) -> None:
-        """
-        Append a model to the run's ``mlflow.log-model.history`` tag (MLflow 2).
-
-        Raises:
-            TypeError: If `mlflow_model` is not an ``mlflow.models.Model``.
-            MlflowException: If the run does not exist or is deleted.
-        """
-        from mlflow.entities import RunTag
-        from mlflow.models import Model
-
-        if not isinstance(mlflow_model, Model):
-            raise TypeError(
-                "Argument 'mlflow_model' should be mlflow.models.Model, got "
-                f"'{type(mlflow_model)}'"
-            )
-        run = self.get_run(run_id)
-        history = json.loads(run.data.tags.get(MLFLOW_LOGGED_MODELS, "[]"))
-        value = json.dumps([*history, mlflow_model.get_tags_dict()])
-        _validate_tag(MLFLOW_LOGGED_MODELS, value)
-        self.log_batch(run_id, [], [], [RunTag(MLFLOW_LOGGED_MODELS, value)])
-
+    @override
     def _log_model_metrics(self, metrics: list[Any]) -> None:
         """Attach metrics that name a model id to that model, as MLflow does."""
         by_model: dict[str, list[Any]] = {}
@@ -293,6 +300,13 @@ class LoggedModelsMixin:
             self._update_model(
                 model_id, metrics=lambda old, new=model_metrics: _merge(old, new)
             )
+
+
+if TYPE_CHECKING or HAS_LOGGED_MODELS:
+    ModelsMixin = LoggedModelsMixin
+else:
+    # MLflow 2's stores have no logged-model calls, and neither has this one.
+    ModelsMixin = ModelHistoryMixin
 
 
 def _merge(old: list[Any], new: list[Any]) -> list[Any]:

@@ -14,15 +14,13 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from mlflow.entities import (
     DatasetInput,
     Experiment,
     LifecycleStage,
-    LoggedModelInput,
-    LoggedModelOutput,
     Param,
     Run,
     RunInfo,
@@ -30,7 +28,7 @@ from mlflow.entities import (
     RunTag,
     ViewType,
 )
-from mlflow.exceptions import MlflowException, MlflowNotImplementedException
+from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
     BAD_REQUEST,
     INTERNAL_ERROR,
@@ -60,12 +58,16 @@ from typing_extensions import override
 from sdk import _mapping
 from sdk._backends._local import LocalBackend, default_directory
 from sdk._backends._sqlite import ProjectFile
-from sdk._logged_models import LoggedModelsMixin
+from sdk._logged_models import ModelsMixin
+from sdk._mlflow_compat import MlflowNotImplementedException, run_info
+
+if TYPE_CHECKING:
+    from sdk._mlflow_compat import LoggedModelInput, LoggedModelOutput
 
 _logger = logging.getLogger(__name__)
 
 
-class TrackioStore(LoggedModelsMixin, AbstractStore):
+class TrackioStore(ModelsMixin, AbstractStore):
     """
     An MLflow tracking store that keeps everything in a Trackio directory.
 
@@ -313,7 +315,7 @@ class TrackioStore(LoggedModelsMixin, AbstractStore):
         if not name_tag:
             tags.append(RunTag(MLFLOW_RUN_NAME, run_name))
         run_id = uuid.uuid4().hex
-        info = RunInfo(
+        info = run_info(
             run_id=run_id,
             experiment_id=experiment_id,
             user_id=user_id or "",

@@ -23,27 +23,30 @@ from mlflow.entities import (
     Experiment,
     ExperimentTag,
     LifecycleStage,
-    LoggedModel,
-    LoggedModelInput,
-    LoggedModelOutput,
     Metric,
     Param,
     Run,
     RunData,
     RunInfo,
-    RunInputs,
-    RunOutputs,
     RunStatus,
     RunTag,
 )
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.protos.service_pb2 import DatasetInput as DatasetInputProto
-from mlflow.protos.service_pb2 import LoggedModel as LoggedModelProto
 from mlflow.utils.time import get_current_time_millis
 
 from sdk import _mapping
 from sdk._backends._sqlite import ProjectFile
+from sdk._mlflow_compat import (
+    LoggedModel,
+    LoggedModelInput,
+    LoggedModelOutput,
+    LoggedModelProto,
+    history_metric,
+    make_run,
+    run_info,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -856,7 +859,7 @@ def _read_metric_points(
         value = _mapping.from_trackio_value(raw)
         if value is not None:
             points.append(
-                Metric(key, value, _mapping.iso_to_ms(timestamp), step, run_id=run_id)
+                history_metric(key, value, _mapping.iso_to_ms(timestamp), step, run_id)
             )
     return points
 
@@ -907,18 +910,14 @@ def _read_mlflow_runs(
             params=[Param(key, value) for key, value in params.get(run_id, [])],
             tags=[RunTag(key, value) for key, value in tags.get(run_id, [])],
         )
-        runs[run_id] = Run(
-            info,
-            data,
-            _run_inputs(inputs.get(run_id, [])),
-            RunOutputs([LoggedModelOutput(m, s) for m, s in outputs.get(run_id, [])]),
-        )
+        datasets, models = _run_inputs(inputs.get(run_id, []))
+        runs[run_id] = make_run(info, data, datasets, models, outputs.get(run_id, []))
     return runs
 
 
 def _run_info_of_row(row: Sequence[Any], experiment_id: str) -> RunInfo:
     """Build a RunInfo from a row of ``SELECT * FROM mlflow_runs``."""
-    return RunInfo(
+    return run_info(
         run_id=row[0],
         experiment_id=experiment_id,
         user_id=row[2],
@@ -947,15 +946,16 @@ def _grouped(
     return grouped
 
 
-def _run_inputs(rows: list[tuple[Any, ...]]) -> RunInputs:
+def _run_inputs(rows: list[tuple[Any, ...]]) -> tuple[list[DatasetInput], list[str]]:
+    """Split a run's input rows into datasets and the ids of logged models."""
     datasets = []
     models = []
     for kind, blob in rows:
         if kind == "dataset":
             datasets.append(DatasetInput.from_proto(DatasetInputProto.FromString(blob)))
         else:
-            models.append(LoggedModelInput(blob.decode()))
-    return RunInputs(dataset_inputs=datasets, model_inputs=models)
+            models.append(blob.decode())
+    return datasets, models
 
 
 def _read_trackio_runs(
@@ -981,7 +981,7 @@ def _read_trackio_runs(
         if run_id in known:
             continue
         config = orjson.loads(configs.get(run_id) or b"{}")
-        info = RunInfo(
+        info = run_info(
             run_id=run_id,
             experiment_id=experiment.experiment_id,
             user_id=str(config.get(_mapping.CONFIG_USER) or ""),
@@ -999,7 +999,7 @@ def _read_trackio_runs(
             ],
             tags=[RunTag("mlflow.runName", run_name)],
         )
-        runs.append(Run(info, data, RunInputs([]), RunOutputs([])))
+        runs.append(make_run(info, data))
     return runs
 
 

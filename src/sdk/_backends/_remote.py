@@ -39,20 +39,15 @@ from mlflow.entities import (
     DatasetInput,
     Experiment,
     LifecycleStage,
-    LoggedModel,
-    LoggedModelInput,
-    LoggedModelOutput,
     Metric,
     Param,
     Run,
     RunData,
     RunInfo,
-    RunInputs,
-    RunOutputs,
     RunStatus,
     RunTag,
 )
-from mlflow.exceptions import MlflowException, MlflowNotImplementedException
+from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
     INTERNAL_ERROR,
     INVALID_PARAMETER_VALUE,
@@ -63,6 +58,15 @@ from mlflow.protos.databricks_pb2 import (
 
 from sdk import _mapping
 from sdk._backends import _spool
+from sdk._mlflow_compat import (
+    LoggedModel,
+    LoggedModelInput,
+    LoggedModelOutput,
+    MlflowNotImplementedException,
+    history_metric,
+    make_run,
+    run_info,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -168,7 +172,7 @@ class _RunRecord:
         from google.protobuf.json_format import ParseDict
         from mlflow.protos.service_pb2 import DatasetInput as DatasetInputProto
 
-        info = RunInfo(experiment_id=self.experiment_id, **_run_info_fields(self.info))
+        info = run_info(experiment_id=self.experiment_id, **_run_info_fields(self.info))
         data = RunData(
             metrics=[
                 Metric(key, math.nan if nan else value, ts, step)
@@ -181,14 +185,7 @@ class _RunRecord:
             DatasetInput.from_proto(ParseDict(d, DatasetInputProto()))
             for d in self.datasets.values()
         ]
-        inputs = RunInputs(
-            dataset_inputs=datasets,
-            model_inputs=[LoggedModelInput(m) for m in self.models_in],
-        )
-        outputs = RunOutputs(
-            [LoggedModelOutput(m, s) for m, s in self.models_out.items()]
-        )
-        return Run(info, data, inputs, outputs)
+        return make_run(info, data, datasets, self.models_in, self.models_out.items())
 
 
 _INFO_FIELDS = (
@@ -1035,7 +1032,9 @@ class RemoteBackend:
             value = _mapping.from_trackio_value(row["value"])
             if value is not None:
                 timestamp = _mapping.iso_to_ms(row["timestamp"])
-                points.append(Metric(key, value, timestamp, row["step"], run_id=run_id))
+                points.append(
+                    history_metric(key, value, timestamp, row["step"], run_id)
+                )
         points.sort(key=lambda m: (m.timestamp, m.step, m.value))
         return points
 
