@@ -304,8 +304,10 @@ class MetricHistory(Workload):
             backends=(NOOP, TRACKIO, SQLITE, FILE, TRACKIO_API),
             notes=[
                 "The run holds 5 metrics of that many steps each (logged with "
-                "log_batch, untimed); 'loss' is read. trackio.log: Trackio's "
-                "own reader, SQLiteStorage.get_metric_values."
+                "log_batch, untimed); 'loss' is read, after an untimed write "
+                "to another metric so that no read is served from trackio://'s "
+                "cache of the last history. trackio.log: Trackio's own reader, "
+                "SQLiteStorage.get_metric_values."
             ],
         )
 
@@ -326,6 +328,9 @@ class MetricHistory(Workload):
         else:
             uri, run_id = prepared
             client = MlflowClient(uri)
+            # trackio:// keeps the last history it read until its file changes;
+            # a write makes every repetition a read from disk.
+            client.log_metric(run_id, "untimed", 0.0)
             started = time.perf_counter()
             found = len(client.get_metric_history(run_id, "loss"))
         elapsed = time.perf_counter() - started

@@ -344,6 +344,23 @@ class TestMetrics:
         assert [m.step for m in first] + [m.step for m in second] == list(range(7))
         assert second.token is None
 
+    def test_history_read_again_shows_every_later_write(
+        self, store: TrackioStore, trackio_dir: Path
+    ) -> None:
+        """A history read twice shows what this or another connection wrote since."""
+        run_id = _make_run(store).info.run_id
+        store.log_batch(run_id, [Metric("x", 1.0, 1, 0)], [], [])
+        assert [m.value for m in store.get_metric_history(run_id, "x")] == [1.0]
+
+        store.log_batch(run_id, [Metric("x", 2.0, 2, 1)], [], [])
+        assert [m.value for m in store.get_metric_history(run_id, "x")] == [1.0, 2.0]
+
+        other = TrackioStore(f"trackio://{trackio_dir.as_posix()}")
+        other.log_batch(run_id, [Metric("x", 3.0, 3, 2)], [], [])
+        other.backend.close()
+        history = store.get_metric_history(run_id, "x")
+        assert [m.value for m in history] == [1.0, 2.0, 3.0]
+
     def test_latest_metric_rule(self, store: TrackioStore) -> None:
         """The summary keeps the point with the greatest (step, timestamp, value)."""
         run_id = _make_run(store).info.run_id

@@ -289,6 +289,7 @@ class ProjectFile:
         self._connection: sqlite3.Connection | None = None
         self._busy_timeout = _DEFAULT_BUSY_TIMEOUT_S
         self._opened_read_only = False
+        self._connections_opened = 0
         self._has_mlflow_tables: bool | None = None
 
     def exists(self) -> bool:
@@ -329,6 +330,7 @@ class ProjectFile:
             # connection stays so after the file becomes writable again.
             self._opened_read_only = not self._writable()
             self._connection = connection
+            self._connections_opened += 1
         return self._connection
 
     def mlflow_tables_exist(self) -> bool:
@@ -364,6 +366,17 @@ class ProjectFile:
         """Yield the connection for reads, under this file's lock."""
         with self.lock, self._errors("read"):
             yield self._connect()
+
+    def change_marker(self) -> tuple[int, int, int]:
+        """Return a value that changes whenever anything commits to the file.
+
+        SQLite's data_version moves with other connections' commits and
+        total_changes with this one's; the connection count covers a
+        connection replaced in between.
+        """
+        with self.read() as connection:
+            (data_version,) = connection.execute("PRAGMA data_version").fetchone()
+            return self._connections_opened, data_version, connection.total_changes
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
