@@ -8,6 +8,7 @@ tables, and the raw figures go to ``benchmarks/results/<timestamp>.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -35,6 +36,7 @@ WORKLOAD_KEYS = (
     "search",
     "autolog",
     "memory",
+    "remote",
 )
 _DEFAULT_REPETITIONS = 3
 
@@ -88,6 +90,7 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 def _build_workloads(sizes, selected: set[str]) -> list:
     from benchmarks._autolog_fit import AutologLightningFit
     from benchmarks._processes import ImportMlflow, MemoryWhileLogging
+    from benchmarks._remote import RemoteLogBatch
     from benchmarks._workloads import (
         ClientLogBatch,
         FluentLogMetrics,
@@ -103,6 +106,7 @@ def _build_workloads(sizes, selected: set[str]) -> list:
         "search": SearchRuns,
         "autolog": AutologLightningFit,
         "memory": MemoryWhileLogging,
+        "remote": RemoteLogBatch,
     }
     return [kinds[key](sizes) for key in WORKLOAD_KEYS if key in selected]
 
@@ -117,20 +121,24 @@ def run_workload(workload, session: Session, repetitions: int) -> WorkloadResult
     samples: dict[str, list[float]] = {b.key: [] for b in workload.backends}
     prepared = {}
     started = time.perf_counter()
-    for backend in workload.backends:
-        prepared[backend.key] = workload.prepare(backend, session)
-    if any(value is not None for value in prepared.values()):
-        _progress(f"[{workload.key}] set up in {time.perf_counter() - started:.1f} s")
-    for repetition in range(repetitions):
-        for backend in rotated(workload.backends, repetition):
-            value = workload.measure(backend, session, prepared[backend.key])
-            samples[backend.key].append(value)
-            _progress(
-                f"[{workload.key}] {repetition + 1}/{repetitions} {backend.label}: "
-                f"{format_value(value, workload.unit)} {workload.unit}"
-            )
-    for backend in workload.backends:
-        workload.release(backend, session, prepared[backend.key])
+    # What `prepare` made (servers, stores) is released even when a
+    # repetition fails, each backend's in turn whatever the others raise.
+    with contextlib.ExitStack() as releases:
+        for backend in workload.backends:
+            prepared[backend.key] = workload.prepare(backend, session)
+            releases.callback(workload.release, backend, session, prepared[backend.key])
+        if any(value is not None for value in prepared.values()):
+            elapsed = time.perf_counter() - started
+            _progress(f"[{workload.key}] set up in {elapsed:.1f} s")
+        for repetition in range(repetitions):
+            for backend in rotated(workload.backends, repetition):
+                value = workload.measure(backend, session, prepared[backend.key])
+                samples[backend.key].append(value)
+                _progress(
+                    f"[{workload.key}] {repetition + 1}/{repetitions} "
+                    f"{backend.label}: {format_value(value, workload.unit)} "
+                    f"{workload.unit}"
+                )
     _progress(f"[{workload.key}] done in {time.perf_counter() - started:.1f} s")
     for backend, values in workload.side_samples.items():
         samples[backend.key] = values

@@ -57,6 +57,14 @@ HIDDEN_ENTRY_POINT = Backend(
 ENTRY_POINT_LOAD = Backend(
     "entry_point_load", "entry point load alone", is_mlflow_store=False
 )
+# Servers started by the benchmark: MLflow's REST API over a Trackio directory
+# (`mlflow-trackio ui`), and `trackio show` written to with `trackio+http://`,
+# whose figure counts the points delivered and its side figure those returned.
+MLFLOW_SERVER = Backend("mlflow_server", "http:// (mlflow-trackio ui)")
+TRACKIO_SERVER = Backend("trackio_http", "trackio+http:// delivered")
+TRACKIO_SERVER_RETURNED = Backend(
+    "trackio_http_returned", "trackio+http:// returned", is_mlflow_store=False
+)
 
 MLFLOW_STORES = (NOOP, TRACKIO, SQLITE, FILE)
 

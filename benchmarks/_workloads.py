@@ -51,6 +51,8 @@ class Sizes:
     search_runs: int = 1_000
     import_runs: int = 15
     memory_points: int = 1_000_000
+    # Calls of 1,000 points a backend: about a second over MLflow's REST API.
+    remote_calls: int = 20
 
     def scaled(self, factor: float) -> Sizes:
         """Return every size times `factor` (the import count stays)."""
@@ -67,6 +69,7 @@ class Sizes:
             history_points=scale(self.history_points, 10),
             search_runs=scale(self.search_runs, 2),
             memory_points=scale(self.memory_points, POINTS_PER_BATCH),
+            remote_calls=scale(self.remote_calls, 1),
         )
 
     @classmethod
@@ -131,7 +134,7 @@ def log_steps_in_batches(client: MlflowClient, run_id: str, steps: int) -> None:
         client.log_batch(run_id, metrics=metric_batch(first, count))
 
 
-def _check_count(what: str, found: int, expected: int) -> None:
+def check_count(what: str, found: int, expected: int) -> None:
     if found != expected:
         raise RuntimeError(f"{what}: read back {found} points, expected {expected}.")
 
@@ -195,7 +198,7 @@ class FluentLogMetrics(Workload):
     def measure(self, backend: Backend, session: Session, prepared: Any) -> float:
         if backend is TRACKIO_API:
             elapsed, run = trackio_api_log(session, self.steps)
-            _check_count(backend.label, len(trackio_api_history(run)), self.steps)
+            check_count(backend.label, len(trackio_api_history(run)), self.steps)
             return elapsed / self.steps * 1e6
         steps = self.sqlite_steps if backend is SQLITE else self.steps
         uri = session.new_store_uri(backend)
@@ -209,7 +212,7 @@ class FluentLogMetrics(Workload):
         mlflow.end_run()
         elapsed = time.perf_counter() - started
         history = MlflowClient(uri).get_metric_history(run_id, "loss")
-        _check_count(backend.label, len(history), steps)
+        check_count(backend.label, len(history), steps)
         session.release_store(uri)
         return elapsed / steps * 1e6
 
@@ -256,7 +259,7 @@ class ClientLogBatch(Workload):
             client.log_batch(run_id, metrics=batch)
         elapsed = time.perf_counter() - started
         history = client.get_metric_history(run_id, "loss")
-        _check_count(backend.label, len(history), self.calls * STEPS_PER_BATCH)
+        check_count(backend.label, len(history), self.calls * STEPS_PER_BATCH)
         session.release_store(uri)
         return self.points / elapsed
 
@@ -334,7 +337,7 @@ class MetricHistory(Workload):
             started = time.perf_counter()
             found = len(client.get_metric_history(run_id, "loss"))
         elapsed = time.perf_counter() - started
-        _check_count(backend.label, found, self.points)
+        check_count(backend.label, found, self.points)
         return elapsed
 
     def release(self, backend: Backend, session: Session, prepared: Any) -> None:
@@ -392,7 +395,7 @@ class SearchRuns(Workload):
         started = time.perf_counter()
         found = client.search_runs([experiment_id], self.FILTER, max_results=1000)
         elapsed = time.perf_counter() - started
-        _check_count(backend.label, len(found), min(1000, (self.runs + 1) // 2))
+        check_count(backend.label, len(found), min(1000, (self.runs + 1) // 2))
         return elapsed
 
     def release(self, backend: Backend, session: Session, prepared: Any) -> None:

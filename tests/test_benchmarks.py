@@ -21,6 +21,7 @@ WORKLOADS = {
     "search": {"noop", "trackio", "sqlite", "file"},
     "autolog": {"no_tracking", "noop", "trackio", "sqlite", "file"},
     "memory": {"trackio", "trackio_api"},
+    "remote": {"trackio", "mlflow_server", "trackio_http", "trackio_http_returned"},
 }
 
 
