@@ -124,6 +124,25 @@ class TestManualLogging:
             sdk.get_experiment_df("nowhere")
 
 
+    def test_an_mlflow_server_the_user_set_is_kept(
+        self, trackio_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With MLFLOW_TRACKING_URI=http://..., manual calls go to that server."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed_port = probe.getsockname()[1]
+        server = f"http://127.0.0.1:{closed_port}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+        with pytest.raises(MlflowException, match=f"127.0.0.1:{closed_port}"):
+            sdk.start_run("r")
+
+        assert mlflow.get_tracking_uri() == server
+        assert list(trackio_dir.iterdir()) == []
+
+
 class TestAsyncLogging:
     def test_async_writes_arrive(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """With MLflow's async logging on, every point is stored by end_run."""

@@ -74,10 +74,6 @@ _MLFLOW_LOGGER = "mlflow"
 _URI_VARIABLE = "MLFLOW_TRACKING_URI"
 _EXPERIMENT_ID_VARIABLE = "MLFLOW_EXPERIMENT_ID"
 _RECORDED_VARIABLES = (_URI_VARIABLE, _EXPERIMENT_ID_VARIABLE, "MLFLOW_EXPERIMENT_NAME")
-# An MLflow tracking server: in the central-server topology, `mlflow-trackio ui`
-# over a Trackio directory, which writes to Trackio itself.
-_SERVER_URI_PREFIXES = ("http://", "https://")
-
 # Vertex AI's lean defaults: params and metrics, no model files.
 _DEFAULTS: Mapping[str, bool] = {
     "log_input_examples": False,
@@ -302,17 +298,11 @@ def _record() -> _Before:
 
 
 def _destination(before: _Before | None) -> str:
-    """Return the URI to track to: the configured Trackio URI or an MLflow server.
-
-    A job that sets only ``MLFLOW_TRACKING_URI=http://host:port`` logs through
-    that server; `sdk.init(dir=...)` or `sdk.init(server_url=...)` still win.
-    """
-    user_uri = ""
+    """Return the URI to track to: the configured Trackio URI or an MLflow server."""
+    user_uri = None
     if before is not None:
-        user_uri = before.tracking_uri or before.environ.get(_URI_VARIABLE) or ""
-    if _config.has_destination() or not user_uri.startswith(_SERVER_URI_PREFIXES):
-        return _config.tracking_uri()
-    return user_uri
+        user_uri = before.tracking_uri or before.environ.get(_URI_VARIABLE)
+    return _config.tracking_uri_for(user_uri)
 
 
 def _switch_on(project: str | None, arguments: dict[str, Any]) -> None:

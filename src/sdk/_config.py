@@ -16,6 +16,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 LOCAL_SCHEME = "trackio"
 SERVER_SCHEMES = ("trackio+http", "trackio+https")
+# An MLflow tracking server, which may itself store into Trackio.
+_MLFLOW_SERVER_PREFIXES = ("http://", "https://")
 ALL_SCHEMES = (LOCAL_SCHEME, *SERVER_SCHEMES)
 
 
@@ -98,6 +100,17 @@ def has_destination() -> bool:
     """Return whether `init` recorded a directory or a server to log to."""
     with _settings_lock:
         return _settings.directory is not None or _settings.server_url is not None
+
+
+def tracking_uri_for(user_uri: str | None) -> str:
+    """Return where to track, given the tracking URI the user chose, if any.
+
+    A job that sets only ``MLFLOW_TRACKING_URI=http://host:port`` logs through
+    that MLflow server; a directory or server given to `init` still wins.
+    """
+    if not has_destination() and (user_uri or "").startswith(_MLFLOW_SERVER_PREFIXES):
+        return user_uri
+    return tracking_uri()
 
 
 def tracking_uri() -> str:

@@ -26,20 +26,20 @@ from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.validation import _validate_param, _validate_tag
 from typing_extensions import override
 
-from sdk._backends._local import LocalBackend
-from sdk._backends._sqlite import ProjectFile
 from sdk._mlflow_compat import (
     HAS_LOGGED_MODELS,
     LoggedModel,
     LoggedModelParameter,
     LoggedModelStatus,
     LoggedModelTag,
-    SearchLoggedModelsUtils,
     _validate_logged_model_name,
 )
 
 if TYPE_CHECKING:
     from mlflow.entities import Experiment, Run
+
+    from sdk._backends._local import LocalBackend
+    from sdk._backends._sqlite import ProjectFile
 
 
 class ModelHistoryMixin:
@@ -276,6 +276,10 @@ class LoggedModelsMixin(ModelHistoryMixin):
             project = self.backend.experiment_file(str(experiment_id))
             if project is not None:
                 models += self.backend.logged_models_in(project)
+        # MLflow's search utilities load sqlparse; MLflow loads this module
+        # at `import mlflow`, so they are imported on first use.
+        from mlflow.utils.search_utils import SearchLoggedModelsUtils
+
         filtered = SearchLoggedModelsUtils.filter_logged_models(
             models, filter_string, datasets
         )

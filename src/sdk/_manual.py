@@ -26,7 +26,7 @@ def _use_trackio() -> None:
     from sdk._autolog import register_store
 
     register_store()
-    uri = _config.tracking_uri()
+    uri = _config.tracking_uri_for(mlflow.get_tracking_uri())
     if mlflow.get_tracking_uri() != uri:
         mlflow.set_tracking_uri(uri)
     project = _config.project()
@@ -153,11 +153,12 @@ def get_experiment_df(project: str | None = None) -> pandas.DataFrame:
             "sdk.get_experiment_df() needs a project: pass one, or call "
             "sdk.init(project=...) first."
         )
-    client = mlflow.MlflowClient(tracking_uri=_config.tracking_uri())
+    uri = _config.tracking_uri_for(mlflow.get_tracking_uri())
+    client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(project)
     if experiment is None:
         raise MlflowException(
-            f"Project {project!r} does not exist in {_config.tracking_uri()}.",
+            f"Project {project!r} does not exist in {uri}.",
             RESOURCE_DOES_NOT_EXIST,
         )
     rows = [_run_row(run) for run in _all_runs(client, experiment.experiment_id)]

@@ -32,14 +32,13 @@ if TYPE_CHECKING or HAS_LOGGED_MODELS:
         RunOutputs,
     )
     from mlflow.protos.service_pb2 import LoggedModel as LoggedModelProto
-    from mlflow.utils.search_utils import SearchLoggedModelsUtils
     from mlflow.utils.validation import _validate_logged_model_name
 else:
     # MLflow 2 has none of these. Only the logged-model calls use them, and
     # MLflow 2 makes none; the store does not even offer them there.
     LoggedModel = LoggedModelInput = LoggedModelOutput = None
     LoggedModelParameter = LoggedModelStatus = LoggedModelTag = RunOutputs = None
-    LoggedModelProto = SearchLoggedModelsUtils = None
+    LoggedModelProto = None
     _validate_logged_model_name = None
 
 if TYPE_CHECKING or MLFLOW_MAJOR >= 3:
@@ -66,7 +65,6 @@ __all__ = [
     "LoggedModelStatus",
     "LoggedModelTag",
     "MlflowNotImplementedException",
-    "SearchLoggedModelsUtils",
     "_validate_logged_model_name",
     "history_metric",
     "make_run",

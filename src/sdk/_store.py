@@ -42,7 +42,6 @@ from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 from mlflow.store.tracking.abstract_store import AbstractStore
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.name_utils import _generate_random_name
-from mlflow.utils.search_utils import SearchExperimentsUtils, SearchUtils
 from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.validation import (
     _validate_batch_log_data,
@@ -56,12 +55,11 @@ from mlflow.utils.validation import (
 from typing_extensions import override
 
 from sdk import _mapping
-from sdk._backends._local import LocalBackend, default_directory
-from sdk._backends._sqlite import ProjectFile
 from sdk._logged_models import ModelsMixin
 from sdk._mlflow_compat import MlflowNotImplementedException, run_info
 
 if TYPE_CHECKING:
+    from sdk._backends._sqlite import ProjectFile
     from sdk._mlflow_compat import LoggedModelInput, LoggedModelOutput
 
 _logger = logging.getLogger(__name__)
@@ -103,6 +101,10 @@ class TrackioStore(ModelsMixin, AbstractStore):
 
             self.backend = RemoteBackend(self.store_uri, artifact_uri)
         else:
+            # MLflow imports this module at `import mlflow`, through the entry
+            # point; the backend and its storage code load with the first store.
+            from sdk._backends._local import LocalBackend
+
             self.backend = LocalBackend(_local_directory(self.store_uri), artifact_uri)
         # Serialises creating experiments and runs, so that two threads cannot
         # both pass the "does it exist yet?" check.
@@ -191,6 +193,8 @@ class TrackioStore(ModelsMixin, AbstractStore):
         experiments = [
             e for e in self.backend.list_experiments() if e.lifecycle_stage in stages
         ]
+        from mlflow.utils.search_utils import SearchExperimentsUtils, SearchUtils
+
         filtered = SearchExperimentsUtils.filter(experiments, filter_string)
         ordered = SearchExperimentsUtils.sort(
             filtered, order_by or ["creation_time DESC", "experiment_id ASC"]
@@ -484,6 +488,8 @@ class TrackioStore(ModelsMixin, AbstractStore):
             if project is None
             else self.backend.metric_history(project, run_id, metric_key)
         )
+        from mlflow.utils.search_utils import SearchUtils
+
         offset = SearchUtils.parse_start_offset_from_page_token(page_token)
         if max_results is None:
             return PagedList(points[offset:], None)
@@ -546,6 +552,8 @@ class TrackioStore(ModelsMixin, AbstractStore):
                 for run in self.backend.runs_in(project)
                 if run.info.lifecycle_stage in stages
             ]
+        from mlflow.utils.search_utils import SearchUtils
+
         filtered = SearchUtils.filter(runs, filter_string)
         ordered = SearchUtils.sort(filtered, order_by)
         if max_results is None:
@@ -660,6 +668,8 @@ def _local_directory(store_uri: str):
             INVALID_PARAMETER_VALUE,
         )
     if parsed.path in ("", "/"):
+        from sdk._backends._local import default_directory
+
         return default_directory()
     return Path(parsed.path).expanduser().resolve()
 
