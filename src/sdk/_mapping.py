@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
+from mlflow.entities import Experiment, LifecycleStage
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
 
@@ -156,6 +158,19 @@ def group_metric_rows(
             continue
         row[key] = to_trackio_value(metric.value)
     return rows
+
+
+def default_experiment(artifact_location: str, created: int | None) -> Experiment:
+    """Return MLflow's experiment "0" before anything is stored for it."""
+    return Experiment(
+        experiment_id=DEFAULT_EXPERIMENT_ID,
+        name=DEFAULT_EXPERIMENT_NAME,
+        artifact_location=artifact_location,
+        lifecycle_stage=LifecycleStage.ACTIVE,
+        tags=[],
+        creation_time=created,
+        last_update_time=created,
+    )
 
 
 def experiment_id_for(canonical_project: str) -> str:

@@ -171,17 +171,8 @@ class LocalBackend:
         # MLflow always has experiment "0"; it gets a file on its first write
         # so that Trackio's dashboard shows no empty "Default" project.
         created = self._default_creation_time(others)
-        return Experiment(
-            experiment_id=_mapping.DEFAULT_EXPERIMENT_ID,
-            name=_mapping.DEFAULT_EXPERIMENT_NAME,
-            artifact_location=self.default_artifact_location(
-                _mapping.DEFAULT_EXPERIMENT_ID
-            ),
-            lifecycle_stage=LifecycleStage.ACTIVE,
-            tags=[],
-            creation_time=created,
-            last_update_time=created,
-        )
+        location = self.default_artifact_location(_mapping.DEFAULT_EXPERIMENT_ID)
+        return _mapping.default_experiment(location, created)
 
     def _default_creation_time(self, others: Sequence[Experiment] | None) -> int:
         """Date experiment "0" just before the oldest other experiment.

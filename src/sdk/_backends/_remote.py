@@ -528,17 +528,8 @@ class RemoteBackend:
         )
 
     def _default_experiment(self) -> Experiment:
-        return Experiment(
-            experiment_id=_mapping.DEFAULT_EXPERIMENT_ID,
-            name=_mapping.DEFAULT_EXPERIMENT_NAME,
-            artifact_location=self.default_artifact_location(
-                _mapping.DEFAULT_EXPERIMENT_ID
-            ),
-            lifecycle_stage=LifecycleStage.ACTIVE,
-            tags=[],
-            creation_time=None,
-            last_update_time=None,
-        )
+        location = self.default_artifact_location(_mapping.DEFAULT_EXPERIMENT_ID)
+        return _mapping.default_experiment(location, None)
 
     def _canonical_of(self, experiment_id: str) -> str | None:
         for refresh in (False, True):
