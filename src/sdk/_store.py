@@ -58,6 +58,9 @@ from sdk import _mapping
 from sdk._logged_models import ModelsMixin
 from sdk._mlflow_compat import MlflowNotImplementedException, run_info
 
+# MLflow imports this module at `import mlflow` (through the entry point), so
+# what only a store in use needs, the backends and MLflow's search utilities
+# (which load sqlparse), is imported where it is used.
 if TYPE_CHECKING:
     from sdk._backends._sqlite import ProjectFile
     from sdk._mlflow_compat import LoggedModelInput, LoggedModelOutput
@@ -101,8 +104,6 @@ class TrackioStore(ModelsMixin, AbstractStore):
 
             self.backend = RemoteBackend(self.store_uri, artifact_uri)
         else:
-            # MLflow imports this module at `import mlflow`, through the entry
-            # point; the backend and its storage code load with the first store.
             from sdk._backends._local import LocalBackend
 
             self.backend = LocalBackend(_local_directory(self.store_uri), artifact_uri)
@@ -367,7 +368,6 @@ class TrackioStore(ModelsMixin, AbstractStore):
         return self._run_project(run_id), run
 
     def _active_run_info(self, run_id: str) -> tuple[ProjectFile, RunInfo]:
-        _validate_run_id(run_id)
         info = self.backend.run_info(run_id)
         if info is None:
             raise MlflowException(
