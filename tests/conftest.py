@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow.tracking._tracking_service import utils as tracking_utils
+
+from tests.workers.children import Children
 
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
@@ -47,6 +50,14 @@ def _forget_mlflow_state() -> None:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     mlflow.tracking.fluent._active_experiment_id = None
     tracking_utils._artifact_repos_cache.clear()
+
+
+@pytest.fixture
+def children() -> Iterator[Children]:
+    """Child processes, all stopped when the test ends, passed or not."""
+    started = Children()
+    yield started
+    started.stop_all()
 
 
 @pytest.fixture

@@ -123,7 +123,6 @@ class TestManualLogging:
         with pytest.raises(MlflowException, match="does not exist"):
             sdk.get_experiment_df("nowhere")
 
-
     def test_an_mlflow_server_the_user_set_is_kept(
         self, trackio_dir: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

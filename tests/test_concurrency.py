@@ -16,13 +16,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import pytest
 
 from tests.trackio_reader import TrackioReader
 from tests.workers.children import Children
@@ -34,14 +32,6 @@ RUNS_PER_THREAD = 2
 STEPS = 30
 PROJECT = "shared"
 _WAIT_S = 120
-
-
-@pytest.fixture
-def children() -> Iterator[Children]:
-    """Child processes, all stopped when the test ends, passed or not."""
-    started = Children()
-    yield started
-    started.stop_all()
 
 
 def _free_port() -> int:

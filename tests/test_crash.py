@@ -14,12 +14,10 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
-import pytest
 
 from tests.trackio_reader import TrackioReader
 from tests.workers.children import Children
@@ -31,14 +29,6 @@ SEED = int(os.environ.get("MLFLOW_TRACKIO_CRASH_SEED", "20261204"))
 # a few hundred points a second, so rounds differ in how far they get.
 _LONGEST_DELAY_S = 0.8
 _START_TIMEOUT_S = 60
-
-
-@pytest.fixture
-def children() -> Iterator[Children]:
-    """Child processes, all stopped when the test ends, passed or not."""
-    started = Children()
-    yield started
-    started.stop_all()
 
 
 @dataclass

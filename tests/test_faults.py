@@ -43,14 +43,6 @@ _POINTS = 5
 
 
 @pytest.fixture
-def children() -> Iterator[Children]:
-    """Child processes, all stopped when the test ends, passed or not."""
-    started = Children()
-    yield started
-    started.stop_all()
-
-
-@pytest.fixture
 def busy_window(monkeypatch: pytest.MonkeyPatch) -> float:
     """A short lock-wait window, so that waiting tests stay quick."""
     monkeypatch.setenv(BUSY_TIMEOUT_ENV, str(_WINDOW_S))

@@ -145,13 +145,6 @@ def client_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
     _remote.close_all_backends()
 
 
-@pytest.fixture
-def children() -> Iterator[Children]:
-    started = Children()
-    yield started
-    started.stop_all()
-
-
 def _writer_env(tmp_path: Path) -> dict[str, str]:
     return {
         "TRACKIO_WRITE_TOKEN": TOKEN,
