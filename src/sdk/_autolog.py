@@ -74,6 +74,7 @@ _MLFLOW_LOGGER = "mlflow"
 _URI_VARIABLE = "MLFLOW_TRACKING_URI"
 _EXPERIMENT_ID_VARIABLE = "MLFLOW_EXPERIMENT_ID"
 _RECORDED_VARIABLES = (_URI_VARIABLE, _EXPERIMENT_ID_VARIABLE, "MLFLOW_EXPERIMENT_NAME")
+
 # Vertex AI's lean defaults: params and metrics, no model files.
 _DEFAULTS: Mapping[str, bool] = {
     "log_input_examples": False,

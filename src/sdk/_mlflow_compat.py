@@ -110,10 +110,18 @@ def run_info(**fields: Any) -> RunInfo:
     return RunInfo(**fields)
 
 
-def history_metric(
-    key: str, value: float, timestamp: int, step: int, run_id: str
-) -> Metric:
-    """Return one point of a metric history, naming its run where MLflow does."""
-    if MLFLOW_MAJOR >= 3:
+if MLFLOW_MAJOR >= 3:
+
+    def history_metric(
+        key: str, value: float, timestamp: int, step: int, run_id: str
+    ) -> Metric:
+        """Return one point of a metric history, naming its run."""
         return Metric(key, value, timestamp, step, run_id=run_id)
-    return Metric(key, value, timestamp, step)
+
+else:
+
+    def history_metric(
+        key: str, value: float, timestamp: int, step: int, run_id: str
+    ) -> Metric:
+        """Return one point of a metric history (MLflow 2's points name no run)."""
+        return Metric(key, value, timestamp, step)

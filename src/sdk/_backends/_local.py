@@ -675,14 +675,15 @@ def _write_metrics(
 ) -> None:
     import orjson
 
-    fresh = _drop_stored_duplicates(connection, run_id, metrics)
-    if not fresh:
-        return
     training: list[Metric] = []
     system: list[Metric] = []
-    for metric in fresh:
+    for metric in metrics:
         is_system = metric.key.startswith(_mapping.SYSTEM_METRIC_PREFIX)
         (system if is_system else training).append(metric)
+    training, system = _drop_stored_duplicates(connection, run_id, training, system)
+    fresh = training + system
+    if not fresh:
+        return
     rows = []
     for (step, timestamp, *_), values in _mapping.group_metric_rows(training).items():
         payload = orjson.dumps(values)
@@ -773,18 +774,27 @@ def _log_id(run_id: str, step: int, timestamp: int, payload: bytes) -> str:
 
 
 def _drop_stored_duplicates(
-    connection: sqlite3.Connection, run_id: str, metrics: Sequence[Metric]
-) -> list[Metric]:
+    connection: sqlite3.Connection,
+    run_id: str,
+    training: list[Metric],
+    system: list[Metric],
+) -> tuple[list[Metric], list[Metric]]:
     """Drop points already stored with the same key, step, timestamp and value.
 
     MLflow's SQL store keeps each such point once; MLflow's `Model.log` re-logs
     a run's metrics with a model id, which must not double the history.
     """
-    steps = sorted({m.step for m in metrics})
-    with_system = any(m.key.startswith(_mapping.SYSTEM_METRIC_PREFIX) for m in metrics)
-    existing = set(_points_at_steps(connection, run_id, steps, with_system))
+    steps = sorted({m.step for m in training} | {m.step for m in system})
+    existing = set(_points_at_steps(connection, run_id, steps, bool(system)))
     if not existing:
-        return list(metrics)
+        return training, system
+    return _not_in(training, existing), _not_in(system, existing)
+
+
+def _not_in(
+    metrics: list[Metric], existing: set[tuple[str, int, int, Any]]
+) -> list[Metric]:
+    """Return the metrics not in `existing`, adding each one kept to it."""
     fresh = []
     for metric in metrics:
         value = _mapping.to_trackio_value(metric.value)
